@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from tinytales.model import GPT, GPTConfig
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="activation"):
+        GPTConfig(activation="tanh")
+    with pytest.raises(ValueError, match="unknown keys"):
+        GPTConfig.from_dict({"n_embed": 3})
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False, "n_kv_head": 1},
+    {"activation": "relu2", "qk_norm": True},
+])
+def test_kv_cache_matches_full_forward(options):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=2, n_embd=16, **options)).eval()
+    idx = torch.randint(0, 50, (2, 12))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    first, _ = model(idx[:, :5], cache=cache)
+    steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
+    cached = torch.cat([first, *steps], dim=1)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_future_tokens_do_not_change_past_logits(tiny_model):
+    idx = torch.randint(0, 300, (1, 20))
+    changed = idx.clone()
+    changed[0, 15:] = 7
+    a, _ = tiny_model(idx)
+    b, _ = tiny_model(changed)
+    torch.testing.assert_close(a[:, :15], b[:, :15])
+
+
+def test_weight_tying_and_parameter_counts(tiny_model, tiny_config):
+    assert tiny_model.lm_head.weight is tiny_model.tok_emb.weight
+    with_emb = tiny_model.num_params()
+    without = tiny_model.num_params(embeddings=False)
+    emb = tiny_config.vocab_size * tiny_config.n_embd + tiny_config.context_length * tiny_config.n_embd
+    assert with_emb - without == emb
+
+
+def test_padding_mask_ignores_padded_keys(tiny_model):
+    idx = torch.randint(0, 300, (1, 10))
+    padded = torch.cat([idx, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 4)], dim=1).bool()
+    a, _ = tiny_model(idx)
+    b, _ = tiny_model(padded, attention_mask=mask)
+    torch.testing.assert_close(a, b[:, :10], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_ignores_padding_targets(tiny_model):
+    idx = torch.randint(0, 300, (2, 10))
+    targets = idx.clone()
+    _, loss_all = tiny_model(idx, targets)
+    targets[:, 5:] = -100
+    _, loss_half = tiny_model(idx, targets)
+    assert loss_all.item() != pytest.approx(loss_half.item())
+    logits, _ = tiny_model(idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, :5].reshape(-1, logits.size(-1)), idx[:, :5].reshape(-1))
+    assert loss_half.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_context_overflow_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        tiny_model(torch.zeros(1, 65, dtype=torch.long))

@@ -1,0 +1,31 @@
+"""The `tinytales` command: a thin layer over the library's public functions.
+
+Each command lives in its own module and registers itself on `app`.
+"""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="tinytales",
+    help="Train a small GPT on children's stories and tell stories with it.\n\n"
+         "Example: tinytales generate \"Once upon a time\"",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# One module per group of commands; each does `@app.command()` on import.
+COMMAND_MODULES = [
+    "generate",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"{__name__}.{_name}")
+
+
+def main() -> None:
+    app()

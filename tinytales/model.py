@@ -1,0 +1,314 @@
+"""A small GPT in plain PyTorch: config, attention, MLP, block, model, KV cache.
+
+The default architecture is GPT-2's (learned positions, pre-LayerNorm, GELU MLP, tied
+embeddings). Options switch on the Llama-style parts (RoPE, RMSNorm, SwiGLU or ReLU²,
+grouped-query attention, QK-norm) so that llama2.c models run in the same engine.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "swiglu", "relu2")
+POSITIONS = ("learned", "rope")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    context_length: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    n_kv_head: int | None = None  # None: same as n_head (no grouped-query attention)
+    mlp_hidden: int | None = None  # None: 4 * n_embd (gelu, relu2) or 8/3 * n_embd (swiglu)
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    position: str = "learned"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ValueError(f"invalid model config: {message}")
+
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        need(self.n_embd % self.n_head == 0,
+             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        need(self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
+             f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
+        need(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        need(self.position in POSITIONS, f"position must be one of {POSITIONS}, got {self.position!r}")
+        need(self.position != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head size")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.activation != "swiglu" else _swiglu_hidden(self.n_embd)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"invalid model config: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+def _swiglu_hidden(n_embd: int) -> int:
+    hidden = int(8 * n_embd / 3)
+    return 32 * math.ceil(hidden / 32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or config.n_embd
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for rotating consecutive pairs (2i, 2i+1), as llama2.c does."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (hs/2,)
+    angles = torch.outer(torch.arange(length).float(), freqs)  # (T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, nh, T, hs); cos, sin: (T, hs/2)
+    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hs/2, 2)
+    real, imag = x_pairs[..., 0], x_pairs[..., 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, for incremental decoding.
+
+    `length` is the number of positions already filled; the model appends at that offset.
+    Beam search reorders the batch dimension with `reorder`.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_length: int, device=None, dtype=None):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_length = max_length
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.size(1)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nkv, T, hs) at the current offset; return all keys/values so far."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_length:
+            raise ValueError(f"KV cache is full: {end} positions needed, {self.max_length} allocated")
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def reorder(self, batch_index: torch.Tensor) -> None:
+        self.keys = self.keys.index_select(1, batch_index)
+        self.values = self.values.index_select(1, batch_index)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = make_norm(config, config.head_dim)
+            self.k_norm = make_norm(config, config.head_dim)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, key_padding_mask=None):
+        B, T, C = x.size()
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            k, v = cache.store(self.layer, k, v)  # (B, nkv, past + T, hs)
+        mask = _attention_mask(T, past, key_padding_mask, x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+def _attention_mask(T: int, past: int, key_padding_mask, device):
+    """None when plain causal attention (or a single new query) is enough; else a boolean mask."""
+    if key_padding_mask is None and (past == 0 or T == 1):
+        return None
+    allowed = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)  # (T, past+T)
+    if key_padding_mask is not None:
+        # key_padding_mask: (B, past+T), True for real tokens
+        allowed = allowed[None, None] & key_padding_mask[:, None, None, :].bool()  # (B, 1, T, past+T)
+        allowed = allowed | ~allowed.any(-1, keepdim=True)  # rows of pure padding attend anywhere (no NaN)
+    return allowed
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.activation = config.activation
+        self.fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.activation == "swiglu" else None
+        self.proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        if self.activation == "swiglu":
+            h = F.silu(self.gate(x)) * self.fc(x)
+        elif self.activation == "relu2":
+            h = F.relu(self.fc(x)).square()
+        else:
+            h = F.gelu(self.fc(x), approximate="tanh")
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, cache=None, key_padding_mask=None):
+        x = x + self.attn(self.norm1(x), rope, cache, key_padding_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.context_length, config.n_embd) if config.position == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if config.position == "rope":
+            cos, sin = rope_tables(config.head_dim, config.context_length, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameters counted once (tied weights once); without embeddings drops token/position tables."""
+        total = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            total -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                total -= self.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def hidden_states(self, idx, cache: KVCache | None = None, attention_mask=None):
+        """Final normalised hidden states (B, T, C) for token ids idx (B, T)."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        positions = torch.arange(start, start + T, device=idx.device)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.config.position == "rope" else None
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache, attention_mask)
+        if cache is not None:
+            cache.length += T
+        return self.norm_f(x)
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
+        """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) also the mean loss.
+
+        Targets equal to -100 (padding) are ignored by the loss.
+        """
+        x = self.hidden_states(idx, cache, attention_mask)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            return logits, loss
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x), None
+
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch_size, max_length or self.config.context_length, p.device, dtype or p.dtype)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on matrices (>= 2-D), none on biases and norm weights."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,127 @@
+"""Byte-level BPE tokenizers (GPT-2's or one trained on the stories), via Hugging Face `tokenizers`.
+
+Every tokenizer in TinyTales offers the same small surface: `encode`, `encode_batch`, `decode`,
+`vocab_size`, `eot_id` (the end-of-story token) and `bos_id` (a token put before every text,
+or None), and `save(directory)`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class BPETokenizer:
+    """A byte-level BPE: decode(encode(text)) == text for any unicode text."""
+
+    bos_id = None
+
+    def __init__(self, backend):
+        self.backend = backend
+        eot = backend.token_to_id(EOT)
+        if eot is None:
+            raise ValueError(f"tokenizer has no {EOT} token; train it with `tinytales train-tokenizer`")
+        self.eot_id = eot
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of text; "<|endoftext|>" in the text becomes the end-of-story token."""
+        return self.backend.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        self.backend.save(str(path))
+        return path
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises plain Exceptions with terse text
+            raise ValueError(f"cannot read tokenizer file {path}: {e}; is it a Hugging Face tokenizer.json?") from e
+
+
+def _byte_level(model):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def gpt2_tokenizer(directory: str | os.PathLike | None = None) -> BPETokenizer:
+    """GPT-2's tokenizer (50,257 ids, <|endoftext|> = 50256) from vocab.json + merges.txt.
+
+    Looks in `directory`, then $TINYTALES_GPT2_DIR, then the Hugging Face cache/hub ("gpt2").
+    """
+    from tokenizers import AddedToken
+    from tokenizers.models import BPE
+
+    candidates = [directory, os.environ.get("TINYTALES_GPT2_DIR")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "vocab.json").exists():
+            folder = Path(candidate)
+            break
+    else:
+        folder = _gpt2_from_hub(directory)
+    model = BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer = _byte_level(model)
+    tokenizer.add_special_tokens([AddedToken(EOT, special=True)])
+    return BPETokenizer(tokenizer)
+
+
+def _gpt2_from_hub(directory) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        vocab = hf_hub_download("gpt2", "vocab.json")
+        hf_hub_download("gpt2", "merges.txt")
+        return Path(vocab).parent
+    except Exception as e:
+        where = f"{directory} has no vocab.json; " if directory else ""
+        raise FileNotFoundError(
+            f"{where}GPT-2 tokenizer files not found: pass a folder with vocab.json and merges.txt "
+            f"(--gpt2-dir or $TINYTALES_GPT2_DIR), or go online so the Hugging Face hub can provide them ({e})"
+        ) from e
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:
+    """Train a byte-level BPE with <|endoftext|> as its only special token (the story separator)."""
+    from tokenizers import pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size must be at least 258 (256 bytes + {EOT} + merges), got {vocab_size}")
+    tokenizer = _byte_level(BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return BPETokenizer(tokenizer)
+
+
+def load_tokenizer(directory: str | os.PathLike) -> BPETokenizer:
+    """The tokenizer saved in a model directory."""
+    path = Path(directory) / TOKENIZER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: a model directory needs its tokenizer.json")
+    return BPETokenizer.from_file(path)
