@@ -1,0 +1,88 @@
+"""Run directories and checkpoints.
+
+A run directory holds:
+  run.json                 the training configuration
+  history.json             every logged step, every evaluation, every epoch
+  checkpoints/step-NNNNNNNN/  a model directory plus trainer.pt (optimizer, scaler, RNG) and state.json
+  model/                   the final model (a model directory)
+  loss.png                 loss and grad-norm curves
+
+A checkpoint appears only by renaming a fully written temporary directory, so a kill at
+any moment leaves either the previous checkpoints or the new one, never a broken one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .modeldir import replace_directory, save_model, write_json
+
+CHECKPOINTS = "checkpoints"
+TRAINER_FILE = "trainer.pt"
+STATE_FILE = "state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories are ignored)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, trainer_state: dict, state: dict, card: dict,
+                    keep_last: int | None = None) -> Path:
+    """Write checkpoint `step` atomically, then prune to the newest `keep_last`."""
+    target = checkpoint_dir(run_dir, step)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp, card=card)  # float32: resume must be exact
+    torch.save(trainer_state, tmp / TRAINER_FILE)
+    write_json(tmp / STATE_FILE, state)
+    replace_directory(tmp, target)
+    if keep_last:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def resolve_resume(resume: str | os.PathLike | None, run_dir) -> Path | None:
+    """`auto`: the run's newest checkpoint (None if there is none); a path: that checkpoint."""
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / CHECKPOINTS).is_dir():  # a run directory: its newest checkpoint
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{path} has no complete checkpoint to resume from")
+        return found[-1]
+    if not (path / STATE_FILE).exists() or not (path / TRAINER_FILE).exists():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint (no {STATE_FILE} / {TRAINER_FILE}); pass a checkpoint directory, "
+            f"a run directory, or --resume auto")
+    return path
+
+
+def load_trainer_state(checkpoint: Path) -> tuple[dict, dict]:
+    """(trainer_state, state) of a checkpoint; tensors only, never pickled code (weights_only=True)."""
+    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    try:
+        trainer_state = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{checkpoint / TRAINER_FILE} cannot be read ({e}); resume from an older checkpoint") from e
+    return trainer_state, state

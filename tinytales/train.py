@@ -1,0 +1,538 @@
+"""The training loop: AdamW, warmup + cosine/WSD schedule, clipping, accumulation, mixed precision,
+periodic evaluation, atomic checkpoints and exact resume, optionally over several processes (torchrun).
+
+`train(TrainConfig(...))` is what `tinytales train` calls.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .model import GPT, GPTConfig
+from .modeldir import load_model, save_model, write_json
+from .presets import get_preset
+
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MODES = ("packed", "padded")
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = "runs/tinytales"
+    val_data: str | None = None
+    text_field: str = "text"
+    mode: str = "packed"  # packed fixed-length sequences, or dynamic padding per batch
+    preset: str | None = None
+    model: dict = field(default_factory=dict)  # GPTConfig overrides
+    tokenizer: str | None = None  # "gpt2", tokenizer.json, a model dir; None: train one of `vocab_size` on the data
+    vocab_size: int = 4096
+    init_from: str | None = None  # fine-tune: start from this model's weights and tokenizer
+    epochs: float | None = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2  # WSD: share of steps spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    resume: str | None = None  # a checkpoint, a run directory, or "auto"
+    compile: bool = False
+    threads: int | None = None
+    save_dtype: str = "float16"  # the final model's weights (checkpoints stay float32)
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self):
+        def need(ok, message):
+            if not ok:
+                raise ValueError(f"invalid training setting: {message}")
+
+        need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        need(self.max_steps is not None or self.epochs is not None, "give epochs or max_steps")
+        for name in ("batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every", "eval_batches"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        need(self.save_dtype in ("float16", "bfloat16", "float32"), f"save_dtype must be float16, bfloat16 or float32")
+
+    @classmethod
+    def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides) -> "TrainConfig":
+        """Preset, then config file (YAML/JSON), then explicit overrides (None values are ignored)."""
+        values: dict = {}
+        model: dict = {}
+        if preset:
+            chosen = get_preset(preset)
+            values.update(chosen.get("train", {}))
+            model.update(chosen.get("model", {}))
+            values["preset"] = preset
+        if config_file:
+            loaded = _read_config_file(config_file)
+            model.update(loaded.pop("model", {}) or {})
+            values.update(loaded)
+        model.update(overrides.pop("model", None) or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown} (from {config_file or 'arguments'}); "
+                             f"known settings are: {', '.join(sorted(known))}")
+        return cls(model=model, **values)
+
+
+def _read_config_file(path: str) -> dict:
+    import json
+
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} not found")
+    try:
+        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ValueError(f"config file {p} cannot be parsed: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p} should hold a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay (or WSD: stable, then a linear decay) to min_lr_ratio * lr."""
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if config.schedule == "constant":
+        return peak
+    if config.schedule == "wsd":
+        decay_start = total_steps - max(1, int(config.decay_fraction * total_steps))
+        if step < decay_start:
+            return peak
+        return peak + (floor - peak) * min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: device, precision, processes
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Single process, or one of torchrun's processes (NCCL on GPUs, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.device == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device_type = torch.device(config.device).type
+    if world_size > 1:
+        import torch.distributed as dist
+
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device("cpu")
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
+        return Runtime(device, rank, world_size, local_rank)
+    device = torch.device(config.device if config.device != "auto" else device_type)
+    return Runtime(device)
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # CPUs with native bf16 (AVX-512 BF16, AMX) train about twice as fast under bf16 autocast
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (for exact resume)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), None))
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the pieces
+
+
+def build_tokenizer(config: TrainConfig, runtime: Runtime):
+    from .tokenizer import load_tokenizer, resolve_tokenizer, train_tokenizer
+
+    out = Path(config.out)
+    if config.tokenizer:
+        return resolve_tokenizer(config.tokenizer)
+    saved = out / "tokenizer"
+    if (saved / "tokenizer.json").exists():  # trained by an earlier (or another) process of this run
+        return load_tokenizer(saved)
+    if runtime.world_size > 1:
+        raise ValueError("with several processes, pass --tokenizer (train one first with `tinytales train-tokenizer`)")
+    return train_tokenizer(config.data, config.vocab_size, saved)
+
+
+def build_model(config: TrainConfig, tokenizer, device) -> tuple[GPT, dict]:
+    """A fresh model sized for the tokenizer, or the weights of --init-from (fine-tuning)."""
+    if config.init_from:
+        loaded = load_model(config.init_from)
+        if loaded.tokenizer.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"--init-from {config.init_from} uses a tokenizer of {loaded.tokenizer.vocab_size} tokens "
+                             f"but training uses one of {tokenizer.vocab_size}; drop --tokenizer to use the model's own")
+        model = loaded.model.float()
+        if config.model:
+            dropout = config.model.get("dropout")
+            others = set(config.model) - {"dropout"}
+            if others:
+                raise ValueError(f"--init-from keeps the model's architecture; cannot change {sorted(others)}")
+            if dropout is not None:
+                for module in model.modules():
+                    if isinstance(module, torch.nn.Dropout):
+                        module.p = dropout
+                    elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+                        module.dropout = dropout
+                model.config.dropout = dropout
+        return model.to(device), loaded.card
+    settings = dict(config.model)
+    settings.setdefault("vocab_size", 64 * math.ceil(tokenizer.vocab_size / 64))  # padded: faster matmuls
+    model_config = GPTConfig(**settings)
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model vocab_size {model_config.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size}")
+    return GPT(model_config).to(device), {}
+
+
+def make_optimizer(model: GPT, config: TrainConfig, device) -> torch.optim.Optimizer:
+    groups = model.param_groups(config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
+                             fused=device.type in ("cuda", "cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path | None
+    steps: int
+    final_loss: float
+    val_loss: float | None
+    history: dict
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or resume, or fine-tune) a model; returns where the model and history went."""
+    from .data import make_batches
+
+    if not config.data:
+        raise ValueError("no training data: pass --data (a file, folder, glob, prepared folder or hf:dataset)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    runtime = setup_runtime(config)
+    run_dir = Path(config.out)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(config, runtime)
+    resume_from = ckpt.resolve_resume(config.resume, run_dir)
+    if resume_from is not None:
+        loaded = load_model(resume_from)
+        model, init_card = loaded.model.float().to(runtime.device), loaded.card
+        model.train()
+        trainer_state, saved_state = ckpt.load_trainer_state(resume_from)
+    else:
+        torch.manual_seed(config.seed)
+        model, init_card = build_model(config, tokenizer, runtime.device)
+        trainer_state, saved_state = None, None
+    model.train()
+
+    seq_len = model.config.context_length
+    batches = make_batches(config.data, tokenizer, mode=config.mode, batch_size=config.batch_size, seq_len=seq_len,
+                           seed=config.seed, rank=runtime.rank, world_size=runtime.world_size,
+                           text_field=config.text_field)
+    total_steps = _total_steps(config, batches, runtime)
+    optimizer = make_optimizer(model, config, runtime.device)
+    precision = resolve_precision(config, runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=precision == "fp16")
+
+    step, history = 0, {"steps": [], "evals": [], "epochs": []}
+    if trainer_state is not None:
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scaler.load_state_dict(trainer_state["scaler"])
+        set_rng_state(trainer_state["rng"])
+        batches.load_state_dict(saved_state["data"])
+        step = saved_state["step"]
+        history = saved_state["history"]
+
+    ddp_model = model
+    if runtime.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None)
+    forward = torch.compile(ddp_model) if config.compile else ddp_model
+
+    card_base = {"training": {"data": config.data, "preset": config.preset, "init_from": config.init_from,
+                              "base_model_card": init_card or None}}
+    if runtime.is_main:
+        write_json(run_dir / "run.json", {"config": asdict(config), "model": model.config.to_dict(),
+                                          "total_steps": total_steps, "precision": precision,
+                                          "world_size": runtime.world_size})
+
+    reporter = _Reporter(config, total_steps, step, enabled=config.progress and runtime.is_main)
+    data_iter = iter(batches)
+    tokens_per_step = config.batch_size * seq_len * config.grad_accum * runtime.world_size
+    elapsed_before = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
+    start_time = time.perf_counter()
+    epoch_acc = _EpochAccumulator(history, batches.epoch)
+    last_loss, val_loss = float("nan"), None
+    with reporter:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            lr = learning_rate(step, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = [next(data_iter) for _ in range(config.grad_accum)]
+            scored = sum(int((b.targets != -100).sum()) for b in micro)
+            loss_sum = torch.zeros((), device=runtime.device)
+            for i, batch in enumerate(micro):
+                inputs, targets = batch.inputs.to(runtime.device), batch.targets.to(runtime.device)
+                mask = batch.attention_mask.to(runtime.device) if batch.attention_mask is not None else None
+                sync = i == len(micro) - 1 or runtime.world_size == 1
+                with (nullcontext() if sync else ddp_model.no_sync()), autocast_context(precision, runtime.device):
+                    _, loss = forward(inputs, targets, attention_mask=mask)
+                    # weight by scored tokens so accumulated (and padded) batches average per token
+                    weighted = loss * (int((batch.targets != -100).sum()) / max(scored, 1))
+                scaler.scale(weighted).backward()
+                loss_sum += weighted.detach()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            last_loss = _mean_across_ranks(loss_sum, runtime).item()
+            elapsed = elapsed_before + time.perf_counter() - start_time
+            record = {"step": step, "loss": last_loss, "grad_norm": float(grad_norm), "lr": lr,
+                      "tokens_per_s": tokens_per_step / max(time.perf_counter() - t0, 1e-9),
+                      "elapsed": elapsed, "epoch": batches.epoch, "tokens": step * tokens_per_step}
+            if step % config.log_every == 0 or step == total_steps or step == 1:
+                history["steps"].append(record)
+            epoch_acc.add(record)
+            reporter.update(step, record)
+
+            epoch_ended = batches.epoch != epoch_acc.epoch
+            if config.val_data and (step % config.eval_every == 0 or step == total_steps or epoch_ended):
+                val_loss = estimate_val_loss(model, config, tokenizer, seq_len, precision, runtime)
+                history["evals"].append({"step": step, "val_loss": val_loss, "elapsed": elapsed})
+                reporter.note(f"step {step}: val loss {val_loss:.4f}")
+            if epoch_ended:
+                row = epoch_acc.close(val_loss, elapsed, batches.epoch)
+                reporter.note(_format_epoch(row))
+            if step % config.checkpoint_every == 0 or epoch_ended or step == total_steps:
+                if runtime.is_main:
+                    _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base)
+                    write_json(run_dir / "history.json", history)
+
+    if step and epoch_acc.steps:  # a partial last epoch still gets its row
+        row = epoch_acc.close(val_loss, history["steps"][-1]["elapsed"] if history["steps"] else 0.0, batches.epoch)
+        reporter.note(_format_epoch(row))
+    model_dir = None
+    if runtime.is_main:
+        write_json(run_dir / "history.json", history)
+        card = _card(card_base, config, model, step, history, val_loss, tokens_per_step, runtime.device.type)
+        model_dir = save_model(model, tokenizer, run_dir / "model", card=card,
+                               dtype=getattr(torch, config.save_dtype))
+        if config.plot and history["steps"]:
+            from .plot import plot_run
+
+            plot_run(run_dir)
+    if runtime.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(run_dir, model_dir, step, last_loss, val_loss, history)
+
+
+def _total_steps(config: TrainConfig, batches, runtime: Runtime) -> int:
+    if config.max_steps:
+        return config.max_steps
+    per_epoch = batches.batches_per_epoch
+    if per_epoch is None:
+        raise ValueError("a streamed dataset has no known length: pass --max-steps instead of --epochs")
+    return max(1, int(config.epochs * per_epoch / config.grad_accum))
+
+
+def _mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.world_size > 1:
+        import torch.distributed as dist
+
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= runtime.world_size
+    return value
+
+
+@torch.no_grad()
+def estimate_val_loss(model, config: TrainConfig, tokenizer, seq_len: int, precision: str, runtime: Runtime) -> float:
+    """Mean loss over the same first `eval_batches` batches of the validation data each time."""
+    from .data import make_batches
+
+    was_training = model.training
+    model.eval()
+    batches = make_batches(config.val_data, tokenizer, mode="packed", batch_size=config.batch_size, seq_len=seq_len,
+                           seed=0, rank=runtime.rank, world_size=runtime.world_size, text_field=config.text_field)
+    count = min(config.eval_batches, batches.batches_per_epoch or config.eval_batches)
+    total = torch.zeros((), device=runtime.device)
+    for _, batch in zip(range(count), batches):
+        with autocast_context(precision, runtime.device):
+            _, loss = model(batch.inputs.to(runtime.device), batch.targets.to(runtime.device))
+        total += loss.float()
+    model.train(was_training)
+    return _mean_across_ranks(total / max(count, 1), runtime).item()
+
+
+def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base):
+    trainer_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
+    state = {"step": step, "data": batches.state_dict(), "history": history}
+    card = {**card_base, "training": {**card_base["training"], "steps": step}}
+    ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, state, card, keep_last=config.keep_last)
+
+
+def _card(card_base, config, model, step, history, val_loss, tokens_per_step, device_type) -> dict:
+    elapsed = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
+    training = {**card_base["training"], "steps": step, "tokens_seen": step * tokens_per_step,
+                "device": device_type, "compute_hours": round(elapsed / 3600, 4),
+                "final_train_loss": history["steps"][-1]["loss"] if history["steps"] else None,
+                "val_loss": val_loss, "val_data": config.val_data,
+                "settings": {k: v for k, v in asdict(config).items() if k not in ("progress", "plot")}}
+    return {"parameters": model.num_params(), "parameters_without_embeddings": model.num_params(embeddings=False),
+            "training": training}
+
+
+class _EpochAccumulator:
+    """Per-epoch means of loss and grad norm, for the epoch table."""
+
+    def __init__(self, history: dict, epoch: int):
+        self.history, self.epoch = history, epoch
+        self.loss = self.grad = 0.0
+        self.steps = 0
+        self.started = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
+
+    def add(self, record: dict):
+        self.loss += record["loss"]
+        self.grad += record["grad_norm"]
+        self.steps += 1
+
+    def close(self, val_loss, elapsed, next_epoch) -> dict:
+        row = {"epoch": self.epoch + 1, "loss": self.loss / max(self.steps, 1), "val_loss": val_loss,
+               "grad_norm": self.grad / max(self.steps, 1), "minutes": (elapsed - self.started) / 60,
+               "steps": self.steps}
+        self.history["epochs"].append(row)
+        self.epoch, self.loss, self.grad, self.steps, self.started = next_epoch, 0.0, 0.0, 0, elapsed
+        return row
+
+
+def _format_epoch(row: dict) -> str:
+    val = f"{row['val_loss']:.4f}" if row["val_loss"] is not None else "-"
+    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}, val loss {val}, grad norm {row['grad_norm']:.3f}, "
+            f"{row['minutes']:.1f} min")
+
+
+class _Reporter:
+    """A rich progress bar with loss, tokens/s and ETA (or nothing, when disabled)."""
+
+    def __init__(self, config: TrainConfig, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.total, self.start = total, start
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                     disable=not sys.stdout.isatty())
+            self.progress.__enter__()
+            self.task = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
+        return self
+
+    def update(self, step: int, record: dict):
+        if self.progress:
+            self.progress.update(self.task, completed=step, loss=f"{record['loss']:.3f}",
+                                 speed=f"{record['tokens_per_s']:,.0f}")
+
+    def note(self, message: str):
+        if self.progress:
+            self.progress.console.print(message)
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
