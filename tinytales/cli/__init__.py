@@ -22,6 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "generate",
     "train",
+    "evaluate",
 ]
 
 for _name in COMMAND_MODULES:

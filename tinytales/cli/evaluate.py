@@ -1,0 +1,94 @@
+"""`tinytales eval` (loss, perplexity, bits per byte) and `tinytales compare` (side-by-side table)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app
+from .common import console, print_json, user_errors
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    data: str = typer.Option(..., help="Stories to score: a .jsonl (one story per record) or .txt file, or hf:DATASET."),
+    model: Optional[str] = typer.Option(None, help="Model directory or llama2.c .bin file; default: the bundled model."),
+    max_documents: Optional[int] = typer.Option(None, help="Score only the first N stories."),
+    stride: Optional[int] = typer.Option(None, help="Sliding-window stride for long stories (default: half the context)."),
+    batch_size: int = typer.Option(16, help="Windows per forward pass."),
+    text_field: str = typer.Option("text", help="JSON field holding the story."),
+    tokenizer: Optional[str] = typer.Option(None, help="llama2.c tokenizer.bin (default: found beside the .bin model)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Score a model on held-out stories: loss, perplexity and bits per byte.
+
+    Bits per byte compares models whatever their tokenizer.
+
+    Example:
+
+      tinytales eval --model ../shared/models/stories260K/stories260K_q80.bin --data valid.jsonl
+    """
+    from ..evaluate import evaluate
+    from ..modeldir import load_model
+
+    loaded = load_model(model, device=device, tokenizer_path=tokenizer)
+    result = evaluate(loaded.model, loaded.tokenizer, data, max_documents=max_documents, stride=stride,
+                      batch_size=batch_size, text_field=text_field, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        print_json({"model": str(loaded.path) if loaded.path else None, "data": data, **result.to_dict()})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.path.name if loaded.path else 'bundled model'} on {data}")
+    for column in ("loss", "perplexity", "bits/byte", "tokens", "bytes", "stories", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{result.loss:.4f}", f"{result.perplexity:.3f}", f"{result.bits_per_byte:.4f}",
+                  f"{result.tokens:,}", f"{result.bytes:,}", f"{result.documents:,}", f"{result.seconds:.1f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def compare(
+    model: Optional[List[str]] = typer.Option(None, "--model", help="A model to compare (repeat the option); default: the bundled model."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="A story opening (repeat); default: \"Once upon a time\"."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="greedy, beam, sample, temperature, top-k, top-p, min-p (repeat); default: all."),
+    eval_data: Optional[str] = typer.Option(None, help="Also score each model's bits per byte on these stories."),
+    max_documents: Optional[int] = typer.Option(None, help="Stories of --eval-data to score."),
+    max_new_tokens: int = typer.Option(200, help="Tokens generated per story at most."),
+    seed: int = typer.Option(0, help="Random seed of every sampled story."),
+    vocab: Optional[Path] = typer.Option(None, help="Children's vocabulary (a word per line); default: the bundled list."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps ..."),
+    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of Markdown."),
+):
+    """Compare models and decoding methods side by side: a story per model x prompt x method, with
+    length, endings, repetition, distinct-2 and words outside a children's vocabulary.
+
+    Example:
+
+      tinytales compare --model runs/tiny/model --model stories260K_q80.bin --prompt "Once upon a time" --method greedy --method top-p --eval-data valid.jsonl --max-documents 200 --out table.md
+    """
+    import json
+
+    from ..compare import METHODS, VOCAB_PATH, compare as run_compare
+
+    result = run_compare(list(model) if model else [None], list(prompt) if prompt else ["Once upon a time"],
+                         list(method) if method else list(METHODS), eval_source=eval_data,
+                         max_new_tokens=max_new_tokens, seed=seed, max_documents=max_documents,
+                         vocab_path=vocab or VOCAB_PATH, device=device,
+                         progress=not as_json and sys.stderr.isatty())
+    text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n" if as_json else result.to_markdown()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))
