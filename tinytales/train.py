@@ -227,6 +227,8 @@ def build_tokenizer(config: TrainConfig, runtime: Runtime):
     out = Path(config.out)
     if config.tokenizer:
         return resolve_tokenizer(config.tokenizer)
+    if config.init_from:  # fine-tuning keeps the model's own tokenizer
+        return load_model(config.init_from).tokenizer
     saved = out / "tokenizer"
     if (saved / "tokenizer.json").exists():  # trained by an earlier (or another) process of this run
         return load_tokenizer(saved)
@@ -245,9 +247,11 @@ def build_model(config: TrainConfig, tokenizer, device) -> tuple[GPT, dict]:
         model = loaded.model.float()
         if config.model:
             dropout = config.model.get("dropout")
-            others = set(config.model) - {"dropout"}
+            loaded_config = model.config.to_dict()
+            others = sorted(k for k, v in config.model.items() if k != "dropout" and loaded_config.get(k) != v)
             if others:
-                raise ValueError(f"--init-from keeps the model's architecture; cannot change {sorted(others)}")
+                raise ValueError(f"--init-from keeps the model's architecture; cannot change {others} "
+                                 f"(drop those settings or the preset)")
             if dropout is not None:
                 for module in model.modules():
                     if isinstance(module, torch.nn.Dropout):
@@ -382,6 +386,8 @@ def train(config: TrainConfig) -> TrainResult:
                       "elapsed": elapsed, "epoch": batches.epoch, "tokens": step * tokens_per_step}
             if step % config.log_every == 0 or step == total_steps or step == 1:
                 history["steps"].append(record)
+                if runtime.is_main:  # lets `tinytales plot` follow a running job
+                    write_json(run_dir / "history.json", history)
             epoch_acc.add(record)
             reporter.update(step, record)
 
