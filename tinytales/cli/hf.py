@@ -1,0 +1,89 @@
+"""`tinytales export` and `tinytales import`: Hugging Face model directories."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import console, print_json, user_errors
+
+DTYPES = ("float32", "float16", "bfloat16")
+FORMATS = ("hf",)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+@app.command()
+@user_errors
+def export(
+    model: Optional[str] = typer.Argument(None, help="Model directory or llama2.c .bin (default: the bundled model)."),
+    format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (replaced if it exists)."),
+    dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Export a model for Hugging Face transformers (GPT-2 or Llama architecture, with its tokenizer).
+
+    Example:
+
+      tinytales export runs/tiny/model --format hf --out exported/tiny
+
+    then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    torch_dtype = _torch_dtype(dtype)
+    from ..hf import export_hf
+    from ..modeldir import load_model, read_config
+
+    loaded = load_model(model)
+    out_dir = export_hf(loaded, out, dtype=torch_dtype)
+    hf = read_config(out_dir)
+    summary = {"model": str(loaded.path), "out": str(out_dir), "architecture": hf["architectures"][0],
+               "model_type": hf["model_type"], "dtype": dtype, "parameters": loaded.model.num_params(),
+               "files": sorted(p.name for p in out_dir.iterdir())}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"exported {loaded.path} as {summary['architecture']} to [bold]{out_dir}[/]")
+    console.print(f'load it with: AutoModelForCausalLM.from_pretrained("{out_dir}") and '
+                  f'AutoTokenizer.from_pretrained("{out_dir}")', highlight=False)
+
+
+@app.command("import")
+@user_errors
+def import_(
+    directory: Path = typer.Argument(..., help="A Hugging Face model directory (GPT-2 or Llama architecture)."),
+    out: Path = typer.Option(..., "--out", help="TinyTales model directory to write (replaced if it exists)."),
+    dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Import a Hugging Face GPT-2 or Llama model directory as a TinyTales model directory.
+
+    Example:
+
+      tinytales import exported/tiny --out models/tiny-again
+
+    Other architectures (e.g. GPT-Neo) need no import: tinytales generate --model DIR runs them through transformers.
+    """
+    from ..hf import import_hf
+
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory; pass a Hugging Face model directory")
+    loaded = import_hf(directory, out_dir=out, dtype=_torch_dtype(dtype))
+    summary = {"source": str(directory), "out": str(loaded.path), "model_type": loaded.card["hf_model_type"],
+               "dtype": dtype, "parameters": loaded.model.num_params(), "config": loaded.model.config.to_dict()}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"imported {directory} ({summary['model_type']}, {summary['parameters']:,} parameters) "
+                  f"to [bold]{loaded.path}[/]")
+    console.print(f'try it: tinytales generate "Once upon a time" --model {loaded.path}', highlight=False)

@@ -1,0 +1,541 @@
+"""Hugging Face interoperability: export to and import from `transformers` model directories.
+
+A TinyTales model with GPT-2's parts (learned positions, LayerNorm, tanh-GELU) exports as
+GPT2LMHeadModel; one with Llama's parts (RoPE, RMSNorm, SwiGLU, optional GQA) as LlamaForCausalLM.
+Export and native import need only safetensors/tokenizers; any other causal LM directory
+(GPT-Neo, GPT-J, ...) runs through `TransformersLM`, a thin adapter that gives a
+`transformers` model the TinyTales model surface (forward, new_cache) so generation and
+evaluation use it unchanged.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import GPT, GPTConfig
+from .modeldir import CONFIG_FILE, WEIGHTS_FILE, LoadedModel, read_config, replace_directory, save_model, write_json
+from .tokenizer import EOT, TOKENIZER_FILE, BPETokenizer
+
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GPT-2's tanh approximation, like ours
+IGNORED_HF_WEIGHTS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers, not weights
+INSTALL_HINT = "install it with `pip install 'tinytales[hf]'`"
+
+
+class UnsupportedArchitecture(ValueError):
+    """The Hugging Face model has no exact TinyTales equivalent (it can still run through TransformersLM)."""
+
+
+# ----------------------------------------------------------------------------- architecture choice
+
+GPT2_NEEDS = {"position": "learned", "norm": "layernorm", "activation": "gelu"}
+LLAMA_NEEDS = {"position": "rope", "norm": "rmsnorm", "activation": "swiglu"}
+
+
+def hf_architecture(config: GPTConfig) -> str:
+    """"gpt2" or "llama": the transformers architecture that computes exactly what this model does."""
+    def mismatches(needs: dict, gqa_ok: bool) -> list[str]:
+        found = [f"{k}={getattr(config, k)!r}" for k, v in needs.items() if getattr(config, k) != v]
+        if config.qk_norm:
+            found.append("qk_norm=True")
+        if not gqa_ok and config.n_kv_head != config.n_head:
+            found.append(f"n_kv_head={config.n_kv_head} (grouped-query attention)")
+        return found
+
+    gpt2, llama = mismatches(GPT2_NEEDS, gqa_ok=False), mismatches(LLAMA_NEEDS, gqa_ok=True)
+    if not gpt2:
+        return "gpt2"  # without bias it still fits: the biases are exported as zeros
+    if not llama:
+        return "llama"
+    raise ValueError(
+        "cannot export to Hugging Face: no transformers architecture computes this model. "
+        f"GPT-2 needs position='learned', norm='layernorm', activation='gelu', no qk_norm and no GQA, "
+        f"but this model has {', '.join(gpt2)}; Llama needs position='rope', norm='rmsnorm', "
+        f"activation='swiglu' and no qk_norm, but this model has {', '.join(llama)}. "
+        "Keep it in TinyTales format (tinytales generate --model DIR), or train with one of those sets of options.")
+
+
+# ----------------------------------------------------------------------------- weight names
+
+def _gpt2_names(config: GPTConfig) -> list[tuple[str, str, bool]]:
+    """(TinyTales name, HF name, transposed) for GPT2LMHeadModel; HF's Conv1D stores (in, out)."""
+    names = [("tok_emb.weight", "transformer.wte.weight", False), ("pos_emb.weight", "transformer.wpe.weight", False)]
+    for i in range(config.n_layer):
+        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
+        for a, b, conv in [("norm1", "ln_1", False), ("attn.qkv", "attn.c_attn", True),
+                           ("attn.proj", "attn.c_proj", True), ("norm2", "ln_2", False),
+                           ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True)]:
+            names += [(f"{ours}{a}.weight", f"{hf}{b}.weight", conv), (f"{ours}{a}.bias", f"{hf}{b}.bias", False)]
+    names += [("norm_f.weight", "transformer.ln_f.weight", False), ("norm_f.bias", "transformer.ln_f.bias", False)]
+    if not config.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight", False))
+    return names
+
+
+def _llama_names(config: GPTConfig) -> list[tuple[str, str]]:
+    """(TinyTales name, HF name) for LlamaForCausalLM, except the fused qkv (split separately)."""
+    names = [("tok_emb.weight", "model.embed_tokens.weight")]
+    for i in range(config.n_layer):
+        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
+        names += [(f"{ours}norm1.weight", f"{hf}input_layernorm.weight"),
+                  (f"{ours}norm2.weight", f"{hf}post_attention_layernorm.weight")]
+        for a, b in [("attn.proj", "self_attn.o_proj"), ("mlp.gate", "mlp.gate_proj"),
+                     ("mlp.fc", "mlp.up_proj"), ("mlp.proj", "mlp.down_proj")]:
+            names.append((f"{ours}{a}.weight", f"{hf}{b}.weight"))
+            if config.bias:
+                names.append((f"{ours}{a}.bias", f"{hf}{b}.bias"))
+    names.append(("norm_f.weight", "model.norm.weight"))
+    if not config.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight"))
+    return names
+
+
+def rope_pairs_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder q/k rows (n_heads*hs, ...) from RoPE on pairs (2i, 2i+1) to HF's halves (i, i + hs/2).
+
+    Permuting q and k the same way leaves every q.k product unchanged (as in HF's convert scripts).
+    """
+    hs = w.size(0) // n_heads
+    return w.reshape(n_heads, hs // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def rope_halves_to_pairs(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    hs = w.size(0) // n_heads
+    return w.reshape(n_heads, 2, hs // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def to_hf_state(state: dict, config: GPTConfig, arch: str) -> dict[str, torch.Tensor]:
+    """TinyTales state dict -> transformers state dict (tied lm_head left out, as HF saves it)."""
+    hf = {}
+    if arch == "gpt2":
+        for ours, name, conv in _gpt2_names(config):
+            if ours in state:
+                hf[name] = state[ours].t() if conv else state[ours]
+            else:  # a model without bias: GPT-2 always has them, zeros compute the same
+                weight = state[ours.removesuffix(".bias") + ".weight"]
+                hf[name] = torch.zeros(weight.size(0), dtype=weight.dtype)
+        return hf
+    for ours, name in _llama_names(config):
+        hf[name] = state[ours]
+    sizes = [config.n_head * config.head_dim, config.n_kv_head * config.head_dim, config.n_kv_head * config.head_dim]
+    for i in range(config.n_layer):
+        for kind in ("weight", "bias") if config.bias else ("weight",):
+            q, k, v = state[f"blocks.{i}.attn.qkv.{kind}"].split(sizes)
+            prefix = f"model.layers.{i}.self_attn."
+            hf[f"{prefix}q_proj.{kind}"] = rope_pairs_to_halves(q, config.n_head)
+            hf[f"{prefix}k_proj.{kind}"] = rope_pairs_to_halves(k, config.n_kv_head)
+            hf[f"{prefix}v_proj.{kind}"] = v
+    return hf
+
+
+def from_hf_state(hf: dict, config: GPTConfig, arch: str) -> dict[str, torch.Tensor]:
+    """transformers state dict -> TinyTales state dict; raises ValueError on missing or unknown weights."""
+    hf = dict(hf)
+    state = {}
+
+    def take(name):
+        if name not in hf:
+            raise ValueError(f"the Hugging Face weights have no {name!r}; they do not match config.json")
+        return hf.pop(name)
+
+    if arch == "gpt2":
+        hf = {k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k: v for k, v in hf.items()}
+        for ours, name, conv in _gpt2_names(config):
+            tensor = take(name)
+            if config.bias or not ours.endswith(".bias"):
+                state[ours] = tensor.t() if conv else tensor
+    else:
+        hf = {k if k.startswith(("model.", "lm_head.")) else "model." + k: v for k, v in hf.items()}
+        for ours, name in _llama_names(config):
+            state[ours] = take(name)
+        for i in range(config.n_layer):
+            prefix = f"model.layers.{i}.self_attn."
+            for kind in ("weight", "bias") if config.bias else ("weight",):
+                q = rope_halves_to_pairs(take(f"{prefix}q_proj.{kind}"), config.n_head)
+                k = rope_halves_to_pairs(take(f"{prefix}k_proj.{kind}"), config.n_kv_head)
+                state[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([q, k, take(f"{prefix}v_proj.{kind}")])
+    if config.tie_embeddings:
+        hf.pop("lm_head.weight", None)  # a tied head may be saved too; it is the embedding
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    unknown = sorted(k for k in hf if not k.endswith(IGNORED_HF_WEIGHTS))
+    if unknown:
+        raise ValueError(f"the Hugging Face weights hold {len(unknown)} tensors a {arch} TinyTales model has no "
+                         f"place for, e.g. {unknown[:3]}; config.json does not describe these weights")
+    return state
+
+
+# ----------------------------------------------------------------------------- configs
+
+def hf_config_dict(config: GPTConfig, arch: str, eot_id: int, bos_id: int, dtype: torch.dtype) -> dict:
+    common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
+              "bos_token_id": bos_id, "eos_token_id": eot_id,
+              "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True, "initializer_range": 0.02}
+    if arch == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **common,
+                "n_positions": config.context_length, "n_ctx": config.context_length, "n_embd": config.n_embd,
+                "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": config.mlp_hidden,
+                "activation_function": "gelu_new", "layer_norm_epsilon": config.norm_eps,
+                "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+                # a model trained without biases records it, so import gives back the same config
+                **({} if config.bias else {"tinytales_bias": False})}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+            "hidden_size": config.n_embd, "intermediate_size": config.mlp_hidden,
+            "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+            "num_key_value_heads": config.n_kv_head, "head_dim": config.head_dim, "hidden_act": "silu",
+            "max_position_embeddings": config.context_length, "rms_norm_eps": config.norm_eps,
+            # rope_theta for transformers 4.x, rope_parameters for 5.x
+            "rope_theta": config.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+            "attention_bias": config.bias, "mlp_bias": config.bias, "attention_dropout": config.dropout}
+
+
+def tinytales_config(hf: dict) -> tuple[GPTConfig, str]:
+    """(GPTConfig, "gpt2" | "llama") for a config.json; UnsupportedArchitecture when none matches exactly."""
+    model_type = hf.get("model_type")
+
+    def refuse(why: str):
+        raise UnsupportedArchitecture(f"{model_type} model with {why} has no TinyTales equivalent")
+
+    if model_type == "gpt2":
+        if hf.get("activation_function", "gelu_new") not in TANH_GELUS:
+            refuse(f"activation_function={hf['activation_function']!r} (TinyTales' GELU is {TANH_GELUS[0]})")
+        for key, plain in [("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                           ("add_cross_attention", False)]:
+            if hf.get(key, plain) != plain:
+                refuse(f"{key}={hf[key]}")
+        n_embd = hf.get("n_embd", 768)
+        config = GPTConfig(
+            vocab_size=hf.get("vocab_size", 50257), context_length=hf.get("n_positions", 1024),
+            n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+            mlp_hidden=hf.get("n_inner") or 4 * n_embd, dropout=float(hf.get("resid_pdrop", 0.1)),
+            bias=hf.get("tinytales_bias", True), norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            activation="gelu", position="learned", tie_embeddings=hf.get("tie_word_embeddings", True))
+        return config, "gpt2"
+    if model_type == "llama":
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            refuse(f"RoPE scaling {rope}")
+        if hf.get("hidden_act", "silu") != "silu":
+            refuse(f"hidden_act={hf['hidden_act']!r}")
+        if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
+            refuse("bias in attention but not in the MLP (or the reverse)")
+        n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+        if hf.get("head_dim") not in (None, n_embd // n_head):
+            refuse(f"head_dim={hf['head_dim']} != hidden_size / num_attention_heads")
+        config = GPTConfig(
+            vocab_size=hf.get("vocab_size", 32000), context_length=hf.get("max_position_embeddings", 2048),
+            n_layer=hf.get("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd,
+            n_kv_head=hf.get("num_key_value_heads") or n_head, mlp_hidden=hf.get("intermediate_size", 11008),
+            dropout=float(hf.get("attention_dropout", 0.0)), bias=hf.get("attention_bias", False),
+            norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), activation="swiglu", position="rope",
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            tie_embeddings=hf.get("tie_word_embeddings", False))
+        return config, "llama"
+    raise UnsupportedArchitecture(f"model_type {model_type!r} has no TinyTales equivalent (gpt2 and llama do)")
+
+
+# ----------------------------------------------------------------------------- export
+
+def export_hf(model_or_path, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None) -> Path:
+    """Write a directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
+
+    `model_or_path`: a LoadedModel, a GPT (then pass `tokenizer`), or any model reference load_model accepts.
+    """
+    if isinstance(model_or_path, GPT):
+        if tokenizer is None:
+            raise ValueError("export_hf(model) needs the model's tokenizer: export_hf(model, out_dir, tokenizer=tok)")
+        model = model_or_path
+    else:
+        if not isinstance(model_or_path, LoadedModel):
+            from .modeldir import load_model
+
+            model_or_path = load_model(model_or_path)
+        model, tokenizer = model_or_path.model, tokenizer or model_or_path.tokenizer
+    if not isinstance(model, GPT):
+        raise ValueError(f"{type(model).__name__} is already a transformers model: copy its directory instead")
+    arch = hf_architecture(model.config)
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_hf_files(model, tokenizer, arch, tmp, dtype)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, out_dir)
+    return out_dir
+
+
+def _write_hf_files(model: GPT, tokenizer, arch: str, directory: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    config = model.config
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    hf_state = {k: v.to(dtype).contiguous() for k, v in to_hf_state(state, config, arch).items()}
+    save_file(hf_state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    no_json = (f"the model's tokenizer ({type(tokenizer).__name__}) has no Hugging Face tokenizer.json form; only "
+               "models with a byte-level BPE tokenizer (TinyTales' own or GPT-2's) export to Hugging Face")
+    try:
+        tokenizer.save(directory)
+    except ValueError as e:
+        raise ValueError(no_json) from e
+    if not (directory / TOKENIZER_FILE).exists():
+        raise ValueError(no_json)
+    backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    bos_id = tokenizer.eot_id if tokenizer.bos_id is None else tokenizer.bos_id  # GPT-2's convention: bos = eos
+    eot, bos = backend.id_to_token(tokenizer.eot_id) or EOT, backend.id_to_token(bos_id) or EOT
+    write_json(directory / CONFIG_FILE, hf_config_dict(config, arch, tokenizer.eot_id, bos_id, dtype))
+    write_json(directory / "generation_config.json",
+               {"bos_token_id": bos_id, "eos_token_id": tokenizer.eot_id, "pad_token_id": tokenizer.eot_id})
+    special = {"bos_token": bos, "eos_token": eot, "unk_token": eot}
+    write_json(directory / "special_tokens_map.json", special)
+    write_json(directory / "tokenizer_config.json", {
+        # the generic fast class loads tokenizer.json exactly as written, in transformers 4.x and 5.x
+        "tokenizer_class": "PreTrainedTokenizerFast", **special, "model_max_length": config.context_length,
+        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False})
+
+
+# ----------------------------------------------------------------------------- import
+
+def read_hf_weights(directory) -> dict[str, torch.Tensor]:
+    """All tensors of a HF directory: model.safetensors (sharded or not), else pytorch_model.bin (weights only)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name, load in [("model.safetensors", lambda p: load_file(str(p))),
+                       ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True))]:
+        index = directory / f"{name}.index.json"
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [name]
+        if all((directory / f).exists() for f in files):
+            state = {}
+            for f in files:
+                try:
+                    state.update(load(directory / f))
+                except Exception as e:  # safetensors / pickle errors on a truncated file
+                    raise ValueError(f"{directory / f} is corrupt or truncated ({e}); re-download the model") from e
+            return state
+    raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin (nor their sharded index)")
+
+
+class HFTokenizer(BPETokenizer):
+    """A Hugging Face tokenizer.json whose end-of-text token is not <|endoftext|> or that adds a BOS.
+
+    `encode` returns the text's tokens only; the BOS the tokenizer would add is `bos_id`,
+    which the TinyTales prompt rule puts in front.
+    """
+
+    def __init__(self, backend, eot_id: int, bos_id: int | None):
+        self.backend, self.eot_id, self.bos_id = backend, eot_id, bos_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def load_hf_tokenizer(directory, hf: dict | None = None) -> BPETokenizer:
+    """The TinyTales tokenizer surface over a HF directory's tokenizer (tokenizer.json, else AutoTokenizer)."""
+    directory = Path(directory)
+    hf = hf if hf is not None else read_config(directory)
+    if (directory / TOKENIZER_FILE).exists():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    else:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise FileNotFoundError(f"{directory} has no tokenizer.json; reading its tokenizer needs transformers "
+                                    f"({INSTALL_HINT})") from e
+        auto = AutoTokenizer.from_pretrained(str(directory))
+        backend = getattr(auto, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"the tokenizer of {directory} ({type(auto).__name__}) has no fast (tokenizers) version")
+    generation = directory / "generation_config.json"
+    eos = _first(json.loads(generation.read_text()).get("eos_token_id")) if generation.exists() else None
+    eos = eos if eos is not None else _first(hf.get("eos_token_id"))
+    eot_id = backend.token_to_id(EOT) if eos is None or backend.id_to_token(eos) is None else eos
+    if eot_id is None:
+        raise ValueError(f"{directory}: cannot tell the end-of-text token: config.json has no eos_token_id "
+                         f"and the tokenizer no {EOT}; add eos_token_id to config.json")
+    probe = "Once upon a time"
+    plain, special = backend.encode(probe, add_special_tokens=False).ids, backend.encode(probe).ids
+    bos_id = special[0] if len(special) > len(plain) and special[1:len(plain) + 1] == plain else None
+    if plain == special and backend.id_to_token(eot_id) == EOT:
+        return BPETokenizer(backend)
+    return HFTokenizer(backend, eot_id, bos_id)
+
+
+def import_hf(directory, out_dir=None, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A GPT-2 or Llama HF directory as a native TinyTales model; with out_dir also saved as a model directory."""
+    directory = Path(directory)
+    hf = read_config(directory)
+    try:
+        config, arch = tinytales_config(hf)
+    except UnsupportedArchitecture as e:
+        raise UnsupportedArchitecture(f"cannot import {directory}: {e}. It runs as it is through transformers: "
+                                      f"tinytales generate --model {directory}") from e
+    tokenizer = load_hf_tokenizer(directory, hf)
+    hf_state = read_hf_weights(directory)
+    if not config.bias and any(v.any() for k, v in hf_state.items() if k.endswith(".bias") and v.dim() == 1):
+        config = replace(config, bias=True)  # exported without biases, but they were trained since
+    state = from_hf_state(hf_state, config, arch)
+    model = GPT(config)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as e:  # wrong shapes: config.json and the weights disagree
+        raise ValueError(f"the weights in {directory} do not match its config.json: {e}") from e
+    model.to(device=device, dtype=dtype).eval()
+    card = {"source": "huggingface", "hf_model_type": arch, "imported_from": str(directory)}
+    if out_dir is None:
+        return LoadedModel(model, tokenizer, directory, card)
+    if type(tokenizer) is not BPETokenizer:
+        end = tokenizer.backend.id_to_token(tokenizer.eot_id)
+        raise ValueError(f"the tokenizer of {directory} ends texts with {end!r}"
+                         f"{' and puts a BOS first' if tokenizer.bos_id is not None else ''}; a TinyTales model "
+                         f"directory needs a BPE tokenizer ending texts with {EOT} and no BOS. Use the Hugging Face "
+                         f"directory directly instead: tinytales generate --model {directory}")
+    out_dir = save_model(model, tokenizer, out_dir, card=card, dtype=dtype)
+    return LoadedModel(model, tokenizer, out_dir, card)
+
+
+def load_hf(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """What load_model calls for a HF directory: native when exact (GPT-2, Llama), else TransformersLM."""
+    try:
+        tinytales_config(read_config(path))
+    except UnsupportedArchitecture:
+        return load_transformers(path, device, dtype)
+    return import_hf(path, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- transformers adapter
+
+@dataclass
+class TransformersConfig:
+    """The part of GPTConfig that generation and evaluation read."""
+    vocab_size: int
+    context_length: int
+    model_type: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransformersCache:
+    """The KVCache surface (length, reorder) over a transformers Cache."""
+
+    def __init__(self, hf_cache, batch_size: int, max_length: int):
+        self.hf_cache, self.batch_size, self.max_length = hf_cache, batch_size, max_length
+        self.length = 0
+
+    def reorder(self, batch_index: torch.Tensor) -> None:
+        if self.length > 0:
+            self.hf_cache.reorder_cache(batch_index)
+        self.batch_size = batch_index.numel()
+
+
+class TransformersLM(nn.Module):
+    """Any `AutoModelForCausalLM` with the TinyTales model surface: forward(idx, ...) -> (logits, loss)."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf_model = hf_model
+        hf = hf_model.config
+        context = next((getattr(hf, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+                        if getattr(hf, k, None)), None)
+        if context is None:
+            raise ValueError(f"{type(hf_model).__name__}'s config names no context length (max_position_embeddings)")
+        self.config = TransformersConfig(hf_model.get_output_embeddings().weight.size(0), int(context), hf.model_type)
+        self._keeps_last = "logits_to_keep" in inspect.signature(hf_model.forward).parameters
+
+    def num_params(self, embeddings: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> TransformersCache:
+        from transformers import DynamicCache
+
+        try:
+            hf_cache = DynamicCache(config=self.hf_model.config)  # sliding-window layers where the model has them
+        except TypeError:  # transformers < 4.56
+            hf_cache = DynamicCache()
+        return TransformersCache(hf_cache, batch_size, max_length or self.config.context_length)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.hf_model.get_output_embeddings()
+
+    def _run(self, module, idx, cache: TransformersCache | None, attention_mask, **kwargs):
+        """Call the HF (base) model on idx (B, T) with TinyTales' positions, padding mask and cache."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
+        if cache is not None and start + T > cache.max_length:
+            raise ValueError(f"KV cache is full: {start + T} positions needed, {cache.max_length} allocated")
+        out = module(
+            input_ids=idx,
+            attention_mask=attention_mask.long() if attention_mask is not None else None,
+            # positions count from the cache like GPT's (not from the padding mask like HF's generate)
+            position_ids=torch.arange(start, start + T, device=idx.device).expand(B, T),
+            past_key_values=cache.hf_cache if cache is not None else None,
+            use_cache=cache is not None, **kwargs)
+        if cache is not None:
+            cache.length += T
+        return out
+
+    def hidden_states(self, idx, cache: TransformersCache | None = None, attention_mask=None):
+        """Final hidden states (B, T, C) that `lm_head` turns into logits (evaluation scores in chunks)."""
+        return self._run(self.hf_model.base_model, idx, cache, attention_mask).last_hidden_state
+
+    def forward(self, idx, targets=None, cache: TransformersCache | None = None, attention_mask=None, last_only=False):
+        """Same contract as GPT.forward: positions continue from cache.length, padding from attention_mask."""
+        keep_last = last_only and targets is None
+        kwargs = {"logits_to_keep": 1} if keep_last and self._keeps_last else {}
+        logits = self._run(self.hf_model, idx, cache, attention_mask, **kwargs).logits  # (B, T or 1, V)
+        if keep_last:
+            return logits[:, -1:, :], None
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+
+def load_transformers(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Any causal LM directory transformers can load, wrapped as TransformersLM."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise ValueError(f"{path} holds a {read_config(path).get('model_type')!r} model, which runs through "
+                         f"transformers: {INSTALL_HINT}") from e
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    progress_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a tiny local model loads in no time; keep the CLI's output clean
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"transformers cannot load {path} as a causal language model: {e}") from e
+    finally:
+        if progress_bars:
+            hf_logging.enable_progress_bar()
+    model = TransformersLM(hf_model).to(device=device, dtype=dtype).eval()
+    card = {"source": "huggingface", "hf_model_type": model.config.model_type, "runs_with": "transformers"}
+    return LoadedModel(model, load_hf_tokenizer(path), path, card)
