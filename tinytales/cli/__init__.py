@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "generate",
     "train",
     "evaluate",
+    "hf",
 ]
 
 for _name in COMMAND_MODULES:
