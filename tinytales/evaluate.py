@@ -58,29 +58,10 @@ def sliding_windows(n_inputs: int, context: int, stride: int) -> list[tuple[int,
     return windows
 
 
-def _read_jsonl(source, text_field: str) -> Iterator[str]:
-    # Stand-in for tinytales.data.iter_documents until it lands: JSONL records or <|endoftext|> pieces.
-    import json
-    from pathlib import Path
-
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"data source not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)[text_field]
-        else:
-            yield from f.read().split("<|endoftext|>")
-
-
 def iter_texts(source, split: str = "validation", text_field: str = "text") -> Iterator[str]:
-    """The stories of a data source (`split` picks the hub dataset's split; files have just one)."""
-    try:
-        from .data import iter_documents
-    except ImportError:
-        return _read_jsonl(source, text_field)
+    """The stories of a data source, cleaned as for training (`split` picks a hub dataset's split)."""
+    from .data import iter_documents
+
     return iter_documents(source, split=split, text_field=text_field)
 
 
@@ -135,7 +116,7 @@ def evaluate_texts(model, tokenizer, texts: Iterable[str], max_documents: int | 
         raise ValueError(f"no stories found in {source_name}; expected JSONL records with a text field "
                          f"or <|endoftext|>-separated text")
     loss = nats / tokens
-    return EvalResult(loss=loss, perplexity=math.exp(loss), bits_per_byte=nats / math.log(2) / max(n_bytes, 1),
+    return EvalResult(loss=loss, perplexity=math.exp(loss), bits_per_byte=nats / math.log(2) / n_bytes,
                       tokens=tokens, bytes=n_bytes, documents=documents, seconds=time.perf_counter() - started)
 
 
