@@ -287,6 +287,7 @@ class TrainResult:
     final_loss: float
     val_loss: float | None
     history: dict
+    model: GPT | None = None
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -328,10 +329,13 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer.load_state_dict(trainer_state["optimizer"])
         scaler.load_state_dict(trainer_state["scaler"])
         set_rng_state(trainer_state["rng"])
-        batches.load_state_dict(saved_state["data"])
+        batches.load_state_dict(rescale_data_state(saved_state["data"], saved_state.get("world_size", 1),
+                                                   runtime.world_size))
         step = saved_state["step"]
         history = saved_state["history"]
 
+    if runtime.rank > 0:  # own dropout masks per process (rank 0 keeps the exactly resumable stream)
+        torch.manual_seed(config.seed + 1000 * runtime.rank + step)
     ddp_model = model
     if runtime.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -421,7 +425,7 @@ def train(config: TrainConfig) -> TrainResult:
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(run_dir, model_dir, step, last_loss, val_loss, history)
+    return TrainResult(run_dir, model_dir, step, last_loss, val_loss, history, model)
 
 
 def _total_steps(config: TrainConfig, batches, runtime: Runtime) -> int:
@@ -431,6 +435,25 @@ def _total_steps(config: TrainConfig, batches, runtime: Runtime) -> int:
     if per_epoch is None:
         raise ValueError("a streamed dataset has no known length: pass --max-steps instead of --epochs")
     return max(1, int(config.epochs * per_epoch / config.grad_accum))
+
+
+def rescale_data_state(state: dict, old_world: int, new_world: int) -> dict:
+    """Resume with a different number of processes at the same place in the data.
+
+    Each process's loader counts its own batches; globally that is batch * world_size batches of the
+    epoch. With a new process count the run continues from the same global position, rounded down
+    to a whole batch (a few batches may be seen twice, none skipped). Streamed sources count stories
+    per process and are rescaled the same way.
+    """
+    if old_world == new_world:
+        return state
+    state = dict(state)
+    for key in ("batch", "documents"):
+        if key in state:
+            state[key] = state[key] * old_world // new_world
+    if "leftover" in state:
+        state["leftover"] = []
+    return state
 
 
 def _mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -464,7 +487,7 @@ def estimate_val_loss(model, config: TrainConfig, tokenizer, seq_len: int, preci
 
 def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base):
     trainer_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
-    state = {"step": step, "data": batches.state_dict(), "history": history}
+    state = {"step": step, "data": batches.state_dict(), "history": history, "world_size": batches.world_size}
     card = {**card_base, "training": {**card_base["training"], "steps": step}}
     ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, state, card, keep_last=config.keep_last)
 
