@@ -1,0 +1,213 @@
+"""`tinytales generate` (tell stories) and `tinytales info` (what is inside a model)."""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import console, err_console, print_json, user_errors
+
+DEFAULT_PROMPT = "Once upon a time"
+# Sampling settings that give good children's stories (the library's own defaults are the neutral 1.0 / 1.0).
+STORY_TEMPERATURE = 0.8
+STORY_TOP_P = 0.95
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help=f'Beginning of the story (default: "{DEFAULT_PROMPT}").'),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Model directory, llama2.c .bin or Hugging Face directory "
+                                             "(default: the bundled model)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
+    method: str = typer.Option("sample", help="sample, greedy or beam."),
+    temperature: float = typer.Option(STORY_TEMPERATURE, help="Sampling temperature, >= 0 (0 = greedy)."),
+    top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(STORY_TOP_P, help="Nucleus sampling: smallest set with this probability, (0, 1]."),
+    min_p: float = typer.Option(0.0, help="Drop tokens below min_p x the best token's probability, [0, 1)."),
+    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages tokens already in the text (1 = off)."),
+    no_repeat_ngram: int = typer.Option(0, help="Never repeat an n-gram of this size (0 = off)."),
+    num_beams: int = typer.Option(4, help="Beams for --method beam."),
+    length_penalty: float = typer.Option(1.0, help="Beam score = log-prob / length ** length_penalty."),
+    max_new_tokens: int = typer.Option(200, help="Most new tokens per story."),
+    num_samples: int = typer.Option(1, help="Stories to tell (beam: the best hypotheses, at most --num-beams)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
+                                          help="Print token by token (default: when stdout is a terminal)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads); 1 is often fastest "
+                                                      "for small models on a busy machine."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object: prompt, settings, stories."),
+):
+    """Continue a prompt into a story.
+
+    Defaults: --method sample --temperature 0.8 --top-p 0.95 --max-new-tokens 200 (good children's stories).
+    --method greedy is deterministic; --method beam keeps the --num-beams most likely continuations.
+    A story ends at the model's end-of-story token; past the model's context the window slides.
+
+    Examples:
+
+      tinytales generate "Once upon a time, there was a little cat"
+
+      tinytales generate "Tom found a red ball." --model runs/tiny/model --method greedy --max-new-tokens 50
+
+      tinytales generate "The dragon" --num-samples 3 --seed 1 --json
+    """
+    from rich.markup import escape
+
+    from ..generate import GenerationConfig, check_prompt, generate as tell
+
+    prompt = check_prompt(DEFAULT_PROMPT if prompt is None else prompt)  # before the (slower) model loading
+    config = GenerationConfig(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
+                              length_penalty=length_penalty, num_samples=num_samples, seed=seed)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = _load(model, tokenizer, device)
+    if stream is None:
+        stream = sys.stdout.isatty()
+    with warnings.catch_warnings(record=True) as caught:  # the prompt-truncation warning, as one clean line
+        warnings.simplefilter("always")
+        if stream and not as_json and num_samples == 1:
+            stories = [_print_streamed(loaded, prompt, config)]
+        else:
+            stories = tell(loaded.model, loaded.tokenizer, prompt, config)
+            if not as_json:
+                _print_stories(prompt, stories)
+    for warning in caught:
+        err_console.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
+    if as_json:
+        settings = {k: v for k, v in config.to_dict().items() if k != "use_cache"}
+        print_json({"prompt": prompt, "model": str(loaded.path) if loaded.path else model, "settings": settings,
+                    "stories": [_story_json(s) for s in stories]})
+        return
+    first = stories[0]  # the samples ran as one batch: one timing
+    ending = "ended by the model" if first.finished else f"cut at --max-new-tokens {max_new_tokens}"
+    err_console.print(f"[dim]{first.new_tokens} new tokens in {first.seconds:.2f} s "
+                      f"({first.tokens_per_second:.0f} tokens/s), {ending}[/]", highlight=False)
+
+
+def _load(model: str | None, tokenizer: str | None, device: str):
+    import torch
+
+    from ..modeldir import load_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    return load_model(model, device=device, tokenizer_path=tokenizer)
+
+
+def _print_streamed(loaded, prompt: str, config):
+    """Print the prompt, then the story piece by piece as it is generated; return the Story."""
+    from ..generate import stream_events
+
+    events = stream_events(loaded.model, loaded.tokenizer, prompt, config)  # checks everything before printing
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for event in events:
+        if not isinstance(event, str):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            return event
+        sys.stdout.write(event)
+        sys.stdout.flush()
+
+
+def _print_stories(prompt: str, stories: list) -> None:
+    for i, story in enumerate(stories, 1):
+        if len(stories) > 1:
+            separator = f"--- story {i} of {len(stories)} ---\n"
+            sys.stdout.write(separator if i == 1 else "\n" + separator)
+        sys.stdout.write(prompt + story.text + "\n")
+    sys.stdout.flush()
+
+
+def _story_json(story) -> dict:
+    data = story.to_dict()
+    data.pop("prompt")
+    return data
+
+
+# ----------------------------------------------------------------------------- info
+
+def model_summary(loaded) -> dict:
+    """What `tinytales info` shows: architecture, parameter counts, tokenizer and the model card."""
+    from dataclasses import asdict, is_dataclass
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    config = model.config
+    architecture = config.to_dict() if hasattr(config, "to_dict") else (
+        asdict(config) if is_dataclass(config) else dict(vars(config)))
+    if hasattr(model, "num_params"):
+        parameters, without_embeddings = model.num_params(), model.num_params(embeddings=False)
+    else:
+        parameters, without_embeddings = sum(p.numel() for p in model.parameters()), None
+    return {
+        "path": str(loaded.path) if loaded.path else None,
+        "architecture": architecture,
+        "parameters": parameters,
+        "parameters_without_embeddings": without_embeddings,
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "bos_id": tokenizer.bos_id},
+        "card": loaded.card or {},
+    }
+
+
+@app.command()
+@user_errors
+def info(
+    model: Optional[str] = typer.Argument(None, help="Model directory, llama2.c .bin or Hugging Face directory "
+                                                     "(default: the bundled model)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Show a model's architecture, parameter counts, tokenizer and model card.
+
+    Example:
+
+      tinytales info runs/tiny/model
+    """
+    summary = model_summary(_load(model, tokenizer, "cpu"))
+    if as_json:
+        print_json(summary)
+        return
+    import json
+
+    from rich.table import Table
+
+    table = Table(title=f"model {summary['path'] or ''}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key, value in summary["architecture"].items():
+        table.add_row(key, str(value))
+    table.add_section()
+    table.add_row("parameters", f"{summary['parameters']:,}")
+    if summary["parameters_without_embeddings"] is not None:
+        table.add_row("without embeddings", f"{summary['parameters_without_embeddings']:,}")
+    table.add_section()
+    for key, value in summary["tokenizer"].items():
+        table.add_row(f"tokenizer {key}", str(value))
+    console.print(table)
+    if summary["card"]:
+        card = Table(title="model card (card.json)", show_header=False)
+        card.add_column("", style="bold")
+        card.add_column("")
+        for key, value in summary["card"].items():
+            card.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        console.print(card)
+    else:
+        console.print("no model card (card.json is empty)")

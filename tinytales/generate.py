@@ -1,0 +1,518 @@
+"""Story generation: greedy decoding, beam search and sampling, with a KV cache and streaming text.
+
+The engine is model-agnostic: it only uses `model.config.context_length`, `model.config.vocab_size`,
+`model.new_cache(batch, max_length)` (with `cache.reorder(index)`) and the forward call
+`model(idx, cache=cache, last_only=True) -> (logits (B, 1, V), _)`. TinyTales GPTs, llama2.c
+models and wrapped Hugging Face models all run through it unchanged.
+
+The rules, in one place:
+- prompt: `tokenizer.bos_id` first (when there is one); a prompt too long for the context keeps
+  its last tokens, with a warning (see `encode_prompt`).
+- context: when prompt + story fill the model's context, the window slides: the model re-reads
+  the last half of the context (the cache is rebuilt from it) and goes on. So max_new_tokens may
+  exceed the context, and no forward call ever sees more than `context_length` positions.
+- end: a story ends at the tokenizer's `eot_id` (finished=True) or after max_new_tokens (finished=False).
+- logits: only the last position's (B, V) logits are computed and filtered; ids the model has but
+  the tokenizer does not (a vocabulary padded to a multiple of 64) are never chosen.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+METHODS = ("greedy", "beam", "sample")
+MAX_PROMPT_CHARS = 20_000
+EXAMPLE_PROMPT = "Once upon a time, there was a little girl named Lily."
+NEG_INF = float("-inf")
+NUCLEUS_FIRST_GUESS = 256  # top-p looks for the nucleus among this many best tokens first
+
+
+@dataclass
+class GenerationConfig:
+    method: str = "sample"
+    max_new_tokens: int = 200
+    temperature: float = 1.0  # sample only; 0 means greedy
+    top_k: int = 0  # sample only; 0 = off
+    top_p: float = 1.0  # sample only; 1 = off
+    min_p: float = 0.0  # sample only; 0 = off
+    repetition_penalty: float = 1.0  # every method; 1 = off
+    no_repeat_ngram_size: int = 0  # every method; 0 = off
+    num_beams: int = 4  # beam only
+    length_penalty: float = 1.0  # beam only: score = log-prob / new_tokens ** length_penalty
+    early_stopping: bool = True  # beam only: stop once num_beams stories have ended
+    num_samples: int = 1  # stories returned (sample: one batch of rows; beam: the best hypotheses)
+    seed: int | None = None  # sampling is reproducible with a seed (a private torch.Generator)
+    use_cache: bool = True  # False recomputes the whole window for every token (a check of the cache)
+
+    def __post_init__(self):
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ValueError(f"invalid generation setting: {message}")
+
+        def number(name: str, integer: bool = False):
+            value = getattr(self, name)
+            kinds = int if integer else (int, float)
+            need(isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+            return value
+
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(number("temperature") >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        need(0 < number("top_p") <= 1, f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        need(number("top_k", True) >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        need(0 <= number("min_p") < 1, f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        need(number("repetition_penalty") > 0,
+             f"repetition_penalty must be > 0 (1 = off, above 1 discourages repeats), got {self.repetition_penalty}")
+        need(number("no_repeat_ngram_size", True) >= 0,
+             f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        need(number("num_beams", True) >= 1, f"num_beams must be >= 1, got {self.num_beams}")
+        number("length_penalty")
+        need(number("max_new_tokens", True) >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        need(number("num_samples", True) >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+             f"seed must be an integer or None, got {self.seed!r}")
+        if self.method == "beam":
+            need(self.num_samples <= self.num_beams, f"num_samples ({self.num_samples}) must be <= num_beams "
+                 f"({self.num_beams}): beam search returns its best hypotheses")
+        elif self.greedy:
+            need(self.num_samples == 1, f"greedy decoding tells one story, got num_samples={self.num_samples}; "
+                 "use method 'sample' with a temperature > 0 for several")
+
+    @property
+    def greedy(self) -> bool:
+        return self.method == "greedy" or (self.method == "sample" and self.temperature == 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Story:
+    text: str  # the continuation only (without the prompt and the end-of-story token)
+    prompt: str
+    token_ids: list[int]  # the new tokens; ends with the end-of-story token when finished
+    new_tokens: int
+    finished: bool  # ended with the tokenizer's end-of-story token (not cut by max_new_tokens)
+    seconds: float
+    prompt_tokens: int = 0  # tokens the model read before the story (bos included, after truncation)
+    truncated: bool = False  # the prompt was cut to fit the context
+    score: float | None = None  # beam search: length-penalised log-probability
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second}
+
+
+# ----------------------------------------------------------------------------- the prompt
+
+def prompt_token_limit(context_length: int, max_new_tokens: int) -> int:
+    """Most prompt tokens kept: room for max_new_tokens, but never less than half the context."""
+    return max(context_length - max_new_tokens, context_length // 2, 1)
+
+
+def check_prompt(prompt: str) -> str:
+    """The prompt itself, or a ValueError: empty, whitespace only, or over MAX_PROMPT_CHARS characters."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"the prompt is empty; give the beginning of a story, e.g. \"{EXAMPLE_PROMPT}\"")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt has {len(prompt):,} characters, more than the limit of {MAX_PROMPT_CHARS:,}; "
+                         "shorten it (the model only reads its last few hundred tokens anyway)")
+    return prompt
+
+
+def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: int = 1) -> tuple[list[int], bool]:
+    """Token ids the model reads first: bos (if any) + the prompt, left-truncated to fit; and whether it was cut.
+
+    A prompt longer than `prompt_token_limit(context_length, max_new_tokens)` tokens keeps its last
+    tokens (the end of a prompt matters most for what comes next) and warns.
+    """
+    check_prompt(prompt)
+    prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    ids = tokenizer.encode(prompt)
+    limit = prompt_token_limit(context_length, max_new_tokens)
+    keep = max(limit - len(prefix), 1)
+    truncated = len(ids) > keep
+    if truncated:
+        warnings.warn(f"the prompt has {len(prefix) + len(ids)} tokens but the model's context of {context_length} "
+                      f"leaves room for {len(prefix) + keep} beside {max_new_tokens} new tokens; kept its last "
+                      f"{keep} tokens", stacklevel=2)
+        ids = ids[-keep:]
+    return prefix + ids, truncated
+
+
+# ----------------------------------------------------------------------------- logits filters
+# Each takes and returns the last position's logits (B, V).
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty on tokens already in the text (seen (B, V) bool).
+
+    Positive logits are divided by the penalty, negative ones multiplied, so > 1 always makes a seen token less likely.
+    """
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """-inf for every token that would repeat an n-gram already in tokens (B, L)."""
+    B, L = tokens.shape
+    if n < 1 or L < n:
+        return logits
+    windows = tokens.unfold(1, n, 1)  # (B, L-n+1, n): every n-gram so far
+    last = tokens[:, L - n + 1:]  # (B, n-1): the n-1 tokens the next token would extend
+    matches = (windows[:, :, :-1] == last[:, None, :]).all(-1)  # (B, L-n+1)
+    hits = torch.zeros_like(logits).scatter_add_(1, windows[:, :, -1], matches.to(logits.dtype))  # (B, V)
+    return logits.masked_fill(hits > 0, NEG_INF)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k highest logits of each row (ties with the k-th are kept too)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth_best = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth_best, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probabilities add up to >= top_p."""
+    if top_p >= 1.0:
+        return logits
+    probs = logits.softmax(-1)  # (B, V)
+    # Sorting the whole vocabulary is slow (ms for 50k tokens); the nucleus is usually among the best
+    # few hundred, so look there first and sort everything only when it is not.
+    best_probs, best_ids = probs.topk(min(NUCLEUS_FIRST_GUESS, probs.size(-1)), dim=-1)  # (B, k), descending
+    cumulative = best_probs.cumsum(-1)
+    if best_ids.size(-1) < probs.size(-1) and not bool((cumulative[:, -1] >= top_p).all()):
+        best_probs, best_ids = probs.sort(dim=-1, descending=True)  # (B, V)
+        cumulative = best_probs.cumsum(-1)
+    # keep a token while the better ones hold less than top_p; the best token always stays. Tokens
+    # beyond the best k are dropped: at least top_p lies before them.
+    keep_best = cumulative - best_probs < top_p
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, best_ids, keep_best)  # (B, V)
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the best token's."""
+    if min_p <= 0:
+        return logits
+    # p_i / p_max >= min_p  <=>  logit_i >= max_logit + log(min_p): no softmax needed
+    threshold = logits.max(-1, keepdim=True).values + math.log(min_p)  # (B, 1)
+    return logits.masked_fill(logits < threshold, NEG_INF)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+class _Window:
+    """Feeds the growing token rows to the model and returns the next-token logits (B, V).
+
+    With the cache, each call feeds only the tokens the model has not read yet. When the rows
+    outgrow the context, the window slides to the last half of the context and the cache is
+    rebuilt from it (learned positions cannot be shifted inside a cache).
+    """
+
+    def __init__(self, model, batch: int, total_length: int, use_cache: bool):
+        self.model = model
+        self.context = model.config.context_length
+        self.cache_length = min(self.context, total_length)
+        self.cache = model.new_cache(batch, self.cache_length) if use_cache else None
+        self.start = 0  # first position the model sees
+        self.fed = 0  # positions already in the cache
+
+    def next_logits(self, rows: torch.Tensor, length: int) -> torch.Tensor:
+        if length - self.start > self.context:
+            self.start = length - max(self.context // 2, 1)
+            if self.cache is not None:
+                self.cache = self.model.new_cache(rows.size(0), self.cache_length)
+                self.fed = self.start
+        if self.cache is None:
+            idx = rows[:, self.start:length]  # (B, T): the whole window, every time
+        else:
+            idx, self.fed = rows[:, self.fed:length], length  # (B, T): only the new tokens
+        logits, _ = self.model(idx, cache=self.cache, last_only=True)  # (B, 1, V)
+        return logits[:, -1, :].float()  # (B, V)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+class _Decoding:
+    """The state shared by sampling and beam search: token rows, the window, the seen-token mask."""
+
+    def __init__(self, model, tokenizer, prompt_ids: list[int], config: GenerationConfig, batch: int):
+        self.config = config
+        self.device = _device(model)
+        self.vocab_size = model.config.vocab_size
+        self.tokenizer_vocab = min(getattr(tokenizer, "vocab_size", self.vocab_size), self.vocab_size)
+        self.prompt_length = len(prompt_ids)
+        total = self.prompt_length + config.max_new_tokens
+        prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
+        self.rows = torch.empty(batch, total, dtype=torch.long, device=self.device)  # (B, P + N)
+        self.rows[:, :self.prompt_length] = prompt
+        self.window = _Window(model, batch, total, config.use_cache)
+        self.seen = None  # (B, V) bool: tokens already in prompt + story, for the repetition penalty
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(batch, self.vocab_size, dtype=torch.bool, device=self.device)
+            self.seen[:, prompt] = True
+
+    def logits(self, length: int) -> torch.Tensor:
+        """Next-token logits (B, V) with the vocabulary limit, the repetition penalty and the n-gram ban applied."""
+        logits = self.window.next_logits(self.rows, length)
+        if self.tokenizer_vocab < self.vocab_size:
+            logits[:, self.tokenizer_vocab:] = NEG_INF
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, self.config.repetition_penalty)
+        if self.config.no_repeat_ngram_size:
+            logits = ban_repeated_ngrams(logits, self.rows[:, :length], self.config.no_repeat_ngram_size)
+        return logits
+
+    def append(self, length: int, tokens: torch.Tensor) -> None:
+        self.rows[:, length] = tokens
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.rows = self.rows.index_select(0, index)
+        self.window.reorder(index)
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, index)
+
+
+def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> torch.Tensor:
+    """The next token (B,) of each row: argmax, or a draw after temperature, top-k, top-p and min-p."""
+    if config.greedy:
+        return logits.argmax(-1)
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    logits = top_k_filter(logits, config.top_k)
+    logits = top_p_filter(logits, config.top_p)
+    logits = min_p_filter(logits, config.min_p)
+    return sample_from(logits.softmax(-1), generator)
+
+
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token (B,) per row of probs (B, V), by inverting the cumulative distribution.
+
+    Same distribution as torch.multinomial(probs, 1), several times faster on CPU (one cumsum and a
+    binary search instead of a draw per token). Tokens of probability 0 are never drawn.
+    """
+    cdf = probs.cumsum(-1)  # (B, V)
+    total = cdf[:, -1:]  # (B, 1): 1 up to rounding
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype) * total
+    u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # strictly below the last step
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)  # first token whose cdf exceeds u
+
+
+def _token_steps(model, tokenizer, prompt_ids: list[int], config: GenerationConfig) -> Iterator[list[int]]:
+    """Greedy or sampled decoding of 1 or num_samples rows: yields the new token of every row at each step.
+
+    A row that has ended keeps receiving eot; the loop stops when every row has ended or after
+    max_new_tokens. Inference mode is entered per step, never held across a yield, so that a
+    consumer (another thread of a web server) never runs in it and may close the generator any time.
+    """
+    batch = 1 if config.greedy else config.num_samples
+    eot = tokenizer.eot_id
+    with torch.inference_mode():
+        state = _Decoding(model, tokenizer, prompt_ids, config, batch)
+        done = torch.zeros(batch, dtype=torch.bool, device=state.device)
+        generator = None
+        if not config.greedy:
+            generator = torch.Generator(device=state.device)
+            if config.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(config.seed)
+    for length in range(state.prompt_length, state.rows.size(1)):
+        with torch.inference_mode():
+            tokens = _pick_tokens(state.logits(length), config, generator)  # (B,)
+            tokens = tokens.masked_fill(done, eot)
+            state.append(length, tokens)
+            done |= tokens == eot
+            step = tokens.tolist()
+        yield step
+        if all(token == eot for token in step):
+            return
+
+
+@torch.inference_mode()
+def _beam_search(model, tokenizer, prompt_ids: list[int],
+                 config: GenerationConfig) -> list[tuple[float, list[int], bool]]:
+    """Beam search; the hypotheses (score, new ids, finished), best first.
+
+    score = sum of log-probabilities / new_tokens ** length_penalty (the eot token counts as a new token).
+    """
+    K, eot, lp = config.num_beams, tokenizer.eot_id, config.length_penalty
+    state = _Decoding(model, tokenizer, prompt_ids, config, K)
+    P, total = state.prompt_length, state.rows.size(1)
+    # all beams start as the same prompt: only the first may grow at the first step
+    beam_scores = torch.full((K,), NEG_INF, device=state.device)  # (K,) summed log-probs
+    beam_scores[0] = 0.0
+    ended: list[tuple[float, list[int], bool]] = []
+    length = P  # tokens in every row
+    while length < total:
+        logprobs = state.logits(length).log_softmax(-1)  # (K, V)
+        candidates = (beam_scores[:, None] + logprobs).view(-1)  # (K * V,)
+        top_scores, top_index = candidates.topk(min(2 * K, candidates.numel()))
+        new_tokens = length - P + 1
+        survivors: list[tuple[int, int, float]] = []  # (beam, token, summed log-prob) of the next beams
+        for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
+            if score == NEG_INF:
+                break  # only impossible continuations left (dead beams, banned n-grams)
+            beam, token = divmod(index, state.vocab_size)
+            if token != eot:
+                survivors.append((beam, token, score))
+                if len(survivors) == K:
+                    break
+            elif rank < K:  # a story ends only if its ending is among the K best continuations
+                ids = state.rows[beam, P:length].tolist() + [eot]
+                ended.append((score / new_tokens ** lp, ids, True))
+        ended = sorted(ended, key=lambda h: h[0], reverse=True)[:K]
+        if not survivors:  # every continuation ends or is banned
+            if ended:
+                return ended
+            break  # (all banned) the beams stop where they are
+        if _beam_search_done(ended, [score for _, _, score in survivors], K, new_tokens, config):
+            return ended
+        survivors += [(survivors[0][0], survivors[0][1], NEG_INF)] * (K - len(survivors))  # dead beams fill up
+        beams, tokens, scores = zip(*survivors)
+        state.reorder(torch.tensor(beams, device=state.device))
+        state.append(length, torch.tensor(tokens, device=state.device))
+        beam_scores = torch.tensor(scores, device=state.device)
+        length += 1
+    # out of tokens: the running beams compete with the ended ones
+    new_tokens = max(length - P, 1)
+    for k, score in enumerate(beam_scores.tolist()):
+        if score > NEG_INF:
+            ended.append((score / new_tokens ** lp, state.rows[k, P:length].tolist(), False))
+    return sorted(ended, key=lambda h: h[0], reverse=True)
+
+
+def _beam_search_done(ended: list, running_scores: list[float], K: int, new_tokens: int,
+                      config: GenerationConfig) -> bool:
+    if len(ended) < K:
+        return False
+    if config.early_stopping:
+        return True
+    # Hugging Face's heuristic: the best running beam, scored at today's length, cannot beat the worst ended one
+    return max(running_scores) / new_tokens ** config.length_penalty <= ended[-1][0]
+
+
+def _collect(steps: Iterator[list[int]], eot: int) -> list[tuple[list[int], bool, None]]:
+    rows: list[list[int]] = []
+    for step in steps:
+        if not rows:
+            rows = [[] for _ in step]
+        for ids, token in zip(rows, step):
+            if not ids or ids[-1] != eot:
+                ids.append(token)
+    return [(ids, bool(ids) and ids[-1] == eot, None) for ids in rows]
+
+
+def _story(tokenizer, prompt: str, ids: list[int], finished: bool, seconds: float, prompt_ids: list[int],
+           truncated: bool, score: float | None) -> Story:
+    text = tokenizer.decode(ids[:-1] if finished else ids)
+    return Story(text, prompt, ids, len(ids), finished, seconds, len(prompt_ids), truncated, score)
+
+
+def generate(model, tokenizer, prompt: str, config: GenerationConfig | None = None) -> list[Story]:
+    """Continue the prompt: one story, or num_samples of them (sampling: one batch; beam: the best hypotheses)."""
+    config = config or GenerationConfig()
+    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens)
+    started = time.perf_counter()
+    if config.method == "beam":
+        hypotheses = [(ids, finished, score) for score, ids, finished in
+                      _beam_search(model, tokenizer, prompt_ids, config)[:config.num_samples]]
+    else:
+        hypotheses = _collect(_token_steps(model, tokenizer, prompt_ids, config), tokenizer.eot_id)
+    seconds = time.perf_counter() - started
+    return [_story(tokenizer, prompt, ids, finished, seconds, prompt_ids, truncated, score)
+            for ids, finished, score in hypotheses]
+
+
+# ----------------------------------------------------------------------------- streaming
+
+class IncrementalDecoder:
+    """Token ids in, text pieces out; a piece never ends inside a UTF-8 character.
+
+    Byte-level tokens can split a character ("🐱" is 4 byte tokens): while the decoded text ends
+    with the replacement character "\\ufffd" we wait for the rest. The pieces join to decode(ids).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        return "" if text.endswith("\ufffd") else self._advance(text)
+
+    def flush(self) -> str:
+        """What is left at the end (a genuinely broken character included)."""
+        return self._advance(self.tokenizer.decode(self.ids))
+
+    def _advance(self, text: str) -> str:
+        piece = text[len(self.text):]
+        self.text = text
+        return piece
+
+
+def stream_events(model, tokenizer, prompt: str, config: GenerationConfig | None = None) -> Iterator[str | Story]:
+    """Text pieces of one story as they are produced, then the finished `Story` as the summary.
+
+    The prompt and the settings are checked now (ValueError before anything is produced); the
+    returned generator may be closed at any time to stop generating (a client went away).
+    The summary has prompt_tokens, new_tokens, finished, seconds and tokens_per_second.
+    """
+    config = config or GenerationConfig()
+    if config.num_samples != 1:
+        raise ValueError(f"streaming tells one story at a time: num_samples must be 1, got {config.num_samples}")
+    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens)
+    return _events(model, tokenizer, prompt, prompt_ids, truncated, config)
+
+
+def _events(model, tokenizer, prompt, prompt_ids, truncated, config) -> Iterator[str | Story]:
+    started = time.perf_counter()
+    score = None
+    if config.method == "beam":  # beam search knows its story only at the end: stream it token by token then
+        score, best_ids, _ = _beam_search(model, tokenizer, prompt_ids, config)[0]
+        tokens = iter(best_ids)
+    else:
+        tokens = (step[0] for step in _token_steps(model, tokenizer, prompt_ids, config))
+    decoder = IncrementalDecoder(tokenizer)
+    ids, finished = [], False
+    for token in tokens:
+        ids.append(token)
+        if token == tokenizer.eot_id:
+            finished = True
+            break
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    rest = decoder.flush()
+    if rest:
+        yield rest
+    seconds = time.perf_counter() - started
+    yield _story(tokenizer, prompt, ids, finished, seconds, prompt_ids, truncated, score)
+
+
+def stream(model, tokenizer, prompt: str, config: GenerationConfig | None = None) -> Iterator[str]:
+    """Text pieces of one story as they are produced (complete UTF-8 characters only)."""
+    events = stream_events(model, tokenizer, prompt, config)
+    return (event for event in events if isinstance(event, str))
