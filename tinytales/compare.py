@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-VOCAB_PATH = Path(__file__).parent / "data" / "children_vocab.txt"
+VOCAB_PATH = Path(__file__).parent / "resources" / "children_vocab.txt"
 
 # The decoding methods a table compares by name (the README's table uses these).
 METHODS: dict[str, dict] = {
