@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "hf",
+    "serve",
 ]
 
 for _name in COMMAND_MODULES:

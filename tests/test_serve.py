@@ -1,0 +1,496 @@
+"""The web app and HTTP API: JSON and streaming stories, the OpenAI-compatible API, concurrency,
+disconnects, the children's safety filter, input limits (with a schema-driven fuzz), and the CLI."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import tinytales.generate as engine
+from tinytales.cli import app as cli_app
+from tinytales.modeldir import LoadedModel
+from tinytales.serve import SafetyFilter, create_app
+from tinytales.serve.background import BackgroundServer
+from tinytales.serve.runner import TextGate
+from tinytales.serve.safety import PROMPT_REFUSED, STORY_STOPPED
+
+PROMPT = "Once upon a time, there was a little girl named Lily."
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_tokenizer, tiny_config):
+    from tinytales.model import GPT
+
+    torch.manual_seed(0)
+    return LoadedModel(GPT(tiny_config).eval(), tiny_tokenizer, None, {"name": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def client(tiny_loaded):
+    with TestClient(create_app(tiny_loaded, max_concurrent=2, max_queue=16)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def live(tiny_loaded):
+    """A real uvicorn server on a free port of 127.0.0.1, for the OpenAI client and real disconnects."""
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=2, max_queue=16)) as server:
+        yield server
+
+
+def sse_events(text: str) -> list[tuple[str, object]]:
+    """(event, data) pairs of a Server-Sent Events body; data is parsed JSON (or the raw text)."""
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = "message", ""
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+        events.append((name, data if data == "[DONE]" else json.loads(data)))
+    return events
+
+
+def endless_engine(monkeypatch, delay: float = 0.005):
+    """A stand-in engine: a "word " every `delay` s until max_new_tokens, recording how far it got and
+    how many stories ran at once. Deterministic where the random tiny model may end a story any time."""
+    progress = {"pieces": 0, "closed": 0, "active": 0, "max_active": 0}
+    lock = threading.Lock()
+
+    def stream_events(model, tokenizer, prompt, config):
+        def events():
+            with lock:
+                progress["active"] += 1
+                progress["max_active"] = max(progress["max_active"], progress["active"])
+            try:
+                for _ in range(config.max_new_tokens):
+                    time.sleep(delay)
+                    progress["pieces"] += 1
+                    yield "word "
+                yield engine.Story("word " * config.max_new_tokens, prompt, [], config.max_new_tokens, False, 0.1, 3)
+            finally:
+                with lock:
+                    progress["active"] -= 1
+                    progress["closed"] += 1
+        return events()
+
+    monkeypatch.setattr(engine, "stream_events", stream_events)
+    return progress
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# ---------------------------------------------------------------------------- stories as JSON and SSE
+
+def test_generate_returns_the_engines_story_with_counts(client, tiny_loaded):
+    body = {"prompt": PROMPT, "method": "greedy", "max_new_tokens": 12}
+    answer = client.post("/api/generate", json=body)
+    assert answer.status_code == 200, answer.text
+    story = answer.json()
+    expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, PROMPT,
+                               engine.GenerationConfig(method="greedy", max_new_tokens=12))[0]
+    if story["finish_reason"] != "content_filter":
+        assert story["text"] == expected.text
+    assert story["new_tokens"] == expected.new_tokens <= 12
+    assert story["prompt_tokens"] == expected.prompt_tokens > 0
+    assert story["finish_reason"] in ("stop", "length", "content_filter")
+    assert story["seconds"] > 0 and story["tokens_per_second"] > 0
+
+
+def test_same_seed_same_story_and_every_method_works(client):
+    body = {"prompt": PROMPT, "max_new_tokens": 10, "seed": 7, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    first, second = (client.post("/api/generate", json=body).json() for _ in range(2))
+    assert first["text"] == second["text"]
+    for method in ("greedy", "beam", "sample"):
+        answer = client.post("/api/generate", json={"prompt": PROMPT, "method": method, "max_new_tokens": 5,
+                                                    "num_beams": 3})
+        assert answer.status_code == 200, (method, answer.text)
+        assert answer.json()["new_tokens"] <= 5
+
+
+def test_stream_sends_text_pieces_then_a_summary(client):
+    body = {"prompt": PROMPT, "method": "greedy", "max_new_tokens": 15}
+    whole = client.post("/api/generate", json=body).json()
+    answer = client.post("/api/generate", json={**body, "stream": True})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(answer.text)
+    names = [name for name, _ in events]
+    assert names[-1] == "done" and set(names[:-1]) <= {"text"}
+    assert "".join(data["text"] for name, data in events if name == "text") == whole["text"]
+    done = events[-1][1]
+    assert done["new_tokens"] == whole["new_tokens"] and done["prompt_tokens"] == whole["prompt_tokens"]
+    assert done["seconds"] > 0 and "tokens_per_second" in done
+
+
+def test_model_can_be_given_as_a_directory(tiny_model_dir):
+    with TestClient(create_app(tiny_model_dir)) as c:
+        assert c.get("/healthz").json()["model"] == "tiny-model"
+        assert c.get("/v1/models").json()["data"][0]["id"] == "tiny-model"
+        assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+
+
+def test_page_info_health_and_schema(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "Tell me a story" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    for name in ("/", "/static/style.css", "/static/app.js"):  # no outside network: every resource is local
+        text = client.get(name).text
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|fetch\(["'`]http""", text)
+    info = client.get("/api/info").json()
+    assert info["safety"] is True and info["examples"] and info["limits"]["max_new_tokens"] >= 200
+    assert client.get("/healthz").json()["status"] == "ok"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/generate", "/v1/completions", "/v1/models", "/healthz"} <= set(paths)
+
+
+# ---------------------------------------------------------------------------- OpenAI compatibility
+
+def test_openai_completions_json_and_stream(client):
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    answer = client.post("/v1/completions", json=body).json()
+    assert answer["object"] == "text_completion" and answer["model"] == "tiny"
+    choice = answer["choices"][0]
+    usage = answer["usage"]
+    assert choice["finish_reason"] in ("stop", "length") and usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    streamed = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    events = [data for _, data in sse_events(streamed.text)]
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == choice["text"]
+    assert chunks[-1]["usage"] == usage and chunks[-2]["choices"][0]["finish_reason"] == choice["finish_reason"]
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()
+    assert echoed["choices"][0]["text"] == PROMPT + choice["text"]
+
+
+def test_openai_client_against_a_live_server(live):
+    import openai
+
+    api = openai.OpenAI(base_url=f"{live.url}/v1", api_key="not-needed", max_retries=0, timeout=20)
+    assert [m.id for m in api.models.list().data] == ["tiny"]
+    completion = api.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0)
+    text = completion.choices[0].text
+    assert completion.usage.completion_tokens <= 10
+    stream = api.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == text
+    seeded = [api.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, seed=5).choices[0].text
+              for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        api.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=5)
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.completions.create(model="tiny", prompt="How to kill a dragon", max_tokens=5)
+    assert refused.value.code == "content_filter"
+    with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):
+        api.completions.create(model="tiny", prompt=PROMPT, max_tokens=5000)
+
+
+# ---------------------------------------------------------------------------- many clients, busy, disconnects
+
+def test_eight_streaming_clients_at_once_all_complete(live, monkeypatch):
+    real = engine.stream_events
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def counted(*args):  # the real engine, counting the stories told at the same time
+        events = real(*args)
+
+        def relay():
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                for event in events:
+                    time.sleep(0.002)
+                    yield event
+            finally:
+                events.close()
+                with lock:
+                    active[0] -= 1
+        return relay()
+
+    monkeypatch.setattr(engine, "stream_events", counted)
+    results = [None] * 8
+
+    def one_client(i):
+        body = {"prompt": PROMPT, "max_new_tokens": 20, "seed": i, "stream": True}
+        with httpx.Client(base_url=live.url, timeout=30) as http:
+            answer = http.post("/api/generate", json=body)
+            results[i] = (answer.status_code, sse_events(answer.text))
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for status, events in results:
+        assert status == 200 and events[-1][0] == "done"
+        assert events[-1][1]["new_tokens"] <= 20
+    assert most[0] <= 2  # max_concurrent: the others waited in line
+
+
+def test_full_server_answers_503_with_retry_after(tiny_loaded, monkeypatch):
+    progress = endless_engine(monkeypatch)
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=1, max_queue=0)) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as http:
+        body = {"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}
+        with http.stream("POST", "/api/generate", json=body) as first:
+            assert first.status_code == 200
+            busy = http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3})
+            assert busy.status_code == 503
+            assert int(busy.headers["Retry-After"]) > 0
+            assert "busy" in busy.json()["error"]["message"]
+        runner = server.app.state.runner
+        assert wait_for(lambda: runner.running == 0 and progress["closed"] == 1)
+        assert http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+
+
+def test_disconnected_stream_stops_generation(live, monkeypatch):
+    progress = endless_engine(monkeypatch)
+    history = live.app.state.runner.history
+    before = len(history)
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        with http.stream("POST", "/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}) as r:
+            texts = 0
+            for line in r.iter_lines():
+                texts += line == "event: text"
+                if texts == 3:
+                    break  # the client goes away
+    assert wait_for(lambda: len(history) > before)
+    record = history[-1]
+    assert record.finish_reason == "cancelled"
+    assert record.pieces < 200 and progress["pieces"] < 200  # stopped early: 1000 would take 5 s
+    assert progress["closed"] == 1  # the engine's generator was closed
+
+
+def test_disconnected_json_request_stops_generation(live, monkeypatch):
+    progress = endless_engine(monkeypatch)
+    history = live.app.state.runner.history
+    before = len(history)
+    with httpx.Client(base_url=live.url, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1000})
+    assert wait_for(lambda: len(history) > before)
+    assert history[-1].finish_reason == "cancelled" and progress["pieces"] < 400
+
+
+# ---------------------------------------------------------------------------- the children's safety filter
+
+def test_filter_matches_whole_words_in_any_case():
+    words = SafetyFilter(["kill", "dead body"])
+    assert words.is_blocked("The wolf wanted to KILL the pig.")
+    assert words.is_blocked("They found a dead \n  body.")
+    assert words.is_blocked("ｋｉｌｌ")  # full-width letters fold to plain ones
+    assert not words.is_blocked("Tom had great skill. The deadline passed; anybody could come.")
+    with pytest.raises(ValueError, match="empty"):
+        SafetyFilter(["  "])
+
+
+def test_bundled_word_list_leaves_ordinary_stories_alone(stories):
+    words = SafetyFilter.from_file()
+    assert len(words.words) > 50
+    assert not any(words.is_blocked(story) for story in stories)
+    assert not words.is_blocked("Lily had a water gun, a shooting star and a rooster that said cock-a-doodle-doo.")
+
+
+def test_gate_never_shows_part_of_a_blocked_word():
+    gate = TextGate(SafetyFilter(["kill"]))
+    shown = [gate.feed(p) for p in ["The wolf ", "wanted to k", "il", "l the ", "pig."]]
+    assert "".join(shown) == "The wolf wanted to "
+    assert gate.finish_reason == "content_filter"
+    calm = TextGate(SafetyFilter(["kill"]))
+    assert "".join([calm.feed("Tom has ski"), calm.feed("lls."), calm.flush()]) == "Tom has skills."
+    assert calm.finish_reason is None
+
+
+def test_gate_stops_at_a_stop_sequence_split_across_pieces():
+    gate = TextGate(None, stop=["THE END"])
+    shown = "".join(gate.feed(p) for p in ["They were happy. TH", "E E", "ND and more"])
+    assert shown == "They were happy. " and gate.finish_reason == "stop"
+
+
+def test_unsuitable_prompt_is_refused_kindly(client):
+    answer = client.post("/api/generate", json={"prompt": "The pirate wanted to kill everyone"})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["message"] == PROMPT_REFUSED and "kill" not in error["message"]
+    assert error["code"] == "content_filter" and error["param"] == "prompt"
+
+
+def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
+    consumed = []
+
+    def stream_events(model, tokenizer, prompt, config):
+        def events():
+            for piece in ["The cat ", "met a ", "mur", "derer ", "who ", "was ", "nice."] * 20:
+                consumed.append(piece)
+                yield piece
+        return events()
+
+    monkeypatch.setattr(engine, "stream_events", stream_events)
+    with TestClient(create_app(tiny_loaded)) as c:
+        story = c.post("/api/generate", json={"prompt": PROMPT}).json()
+        assert story["text"] == "The cat met a " and story["finish_reason"] == "content_filter"
+        assert story["message"] == STORY_STOPPED
+        assert len(consumed) <= 5  # generation stopped there, not at the end
+        streamed = sse_events(c.post("/api/generate", json={"prompt": PROMPT, "stream": True}).text)
+        assert "mur" not in "".join(d["text"] for name, d in streamed if name == "text")
+        assert streamed[-1][1]["finish_reason"] == "content_filter"
+        completion = c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 50}).json()
+        assert completion["choices"][0]["finish_reason"] == "content_filter"
+
+
+def test_filter_can_be_turned_off_or_replaced(tiny_loaded, tmp_path):
+    with TestClient(create_app(tiny_loaded, safety=False)) as c:
+        assert c.post("/api/generate", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
+        assert c.get("/api/info").json()["safety"] is False
+    words = tmp_path / "words.txt"
+    words.write_text("# only this\nbroccoli\n", encoding="utf-8")
+    with TestClient(create_app(tiny_loaded, blocked_words=words)) as c:
+        assert c.post("/api/generate", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
+        assert c.post("/api/generate", json={"prompt": "Broccoli!", "max_new_tokens": 2}).status_code == 400
+    with pytest.raises(FileNotFoundError, match="blocked-words file not found"):
+        create_app(tiny_loaded, blocked_words=tmp_path / "missing.txt")
+
+
+# ---------------------------------------------------------------------------- input limits and bad requests
+
+BAD_REQUESTS = [
+    # (path, body (dict or raw bytes), status, words the message must contain)
+    ("/api/generate", b'{"prompt": "Once', 422, ["not valid JSON"]),
+    ("/api/generate", b"[1, 2]", 422, ["JSON object"]),
+    ("/api/generate", b'{"temperature": NaN}', 422, ["temperature"]),
+    ("/api/generate", {"max_new_tokens": 5000}, 422, ["max_new_tokens", "1024", "5000"]),
+    ("/api/generate", {"max_new_tokens": "lots"}, 422, ["max_new_tokens", "integer"]),
+    ("/api/generate", {"temperature": 0}, 422, ["temperature", "0.01"]),
+    ("/api/generate", {"temperature": 5e-324}, 422, ["temperature", "0.01"]),
+    ("/api/generate", {"temperature": 9}, 422, ["temperature", "2"]),
+    ("/api/generate", {"top_p": 1.5}, 422, ["top_p"]),
+    ("/api/generate", {"top_p": 5e-324}, 422, ["top_p", "0.001"]),
+    ("/api/generate", {"top_k": -1}, 422, ["top_k"]),
+    ("/api/generate", {"method": "beam", "num_beams": 50}, 422, ["num_beams", "8"]),
+    ("/api/generate", {"method": "nucleus"}, 422, ["method", "sample"]),
+    ("/api/generate", {"prompt": "x" * 2001}, 422, ["prompt", "2000"]),
+    ("/api/generate", {"promt": "typo"}, 422, ["promt", "not permitted"]),
+    ("/api/generate", {"seed": -1}, 422, ["seed"]),
+    ("/api/generate", {"prompt": "   "}, 400, ["prompt is empty"]),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 422, ["exactly one prompt"]),
+    ("/v1/completions", {"prompt": "a", "temperature": 1e-40}, 422, ["temperature must be 0 (greedy) or at least"]),
+    ("/v1/completions", {"prompt": "a", "n": 3}, 422, ["n:"]),
+    ("/v1/completions", {"prompt": "a", "logprobs": 5}, 422, ["logprobs"]),
+    ("/v1/completions", {"prompt": "a", "stop": ["1", "2", "3", "4", "5"]}, 422, ["at most 4 stop"]),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, ["gpt-4", "tiny"]),
+]
+
+
+@pytest.mark.parametrize("path, body, status, words", BAD_REQUESTS, ids=[str(r[1])[:30] for r in BAD_REQUESTS])
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, path, body, status, words):
+    if isinstance(body, bytes):
+        answer = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        answer = client.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    message = answer.json()["error"]["message"]
+    for word in words:
+        assert word in message
+    assert client.get("/healthz").status_code == 200  # and the server keeps serving
+
+
+def test_oversized_bodies_are_refused(client):
+    big = json.dumps({"prompt": "a" * 70_000}).encode()
+    assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
+
+    def chunks():  # no Content-Length: counted while reading
+        yield b'{"prompt": "'
+        for _ in range(100):
+            yield b"a" * 1000
+        yield b'"}'
+
+    answer = client.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "limit" in answer.json()["error"]["message"]
+
+
+def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, monkeypatch):
+    """schemathesis draws valid and invalid bodies from the app's own schema; stories are capped at
+    4 tokens so that a hundred requests take seconds, the validation and the engine stay real."""
+    import dataclasses
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from schemathesis import GenerationMode
+
+    real = engine.stream_events
+    monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config: real(
+        model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4))))
+    app = create_app(tiny_loaded, max_concurrent=1, max_queue=64)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [schema[path]["POST"] for path in ("/api/generate", "/v1/completions")]
+    cases = st.one_of([op.as_strategy(generation_mode=mode) for op in operations
+                       for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
+    statuses = []
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def no_server_error(case):
+        response = case.call()
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (case.body, response.text)
+
+    no_server_error()
+    assert any(s == 200 for s in statuses) and any(400 <= s < 500 for s in statuses)
+
+
+# ---------------------------------------------------------------------------- the command
+
+def test_serve_command_loads_the_model_and_runs_uvicorn(tiny_model_dir, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.update(app=app, **kwargs))
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--port", "8123", "--no-safety",
+                                          "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert started["host"] == "127.0.0.1" and started["port"] == 8123
+    assert "http://127.0.0.1:8123" in result.output
+    with TestClient(started["app"]) as c:
+        assert c.get("/api/info").json()["safety"] is False
+        assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no/such/model"], "model not found"),
+    (["--port", "70000"], "--port must be between 1 and 65535"),
+    (["--blocked-words", "no/such/list.txt"], "blocked-words file not found"),
+])
+def test_serve_command_errors(tiny_model_dir, monkeypatch, args, message):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn should not start"))
+    if "--model" not in args:
+        args = ["--model", str(tiny_model_dir), *args]
+    result = CliRunner().invoke(cli_app, ["serve", "--device", "cpu", *args])
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_serve_help_has_an_example():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert result.exit_code == 0 and "tinytales serve --model" in result.output

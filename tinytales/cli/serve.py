@@ -1,0 +1,60 @@
+"""`tinytales serve`: the story web page and the HTTP API (FastAPI under uvicorn)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import console, user_errors
+from .generate import _load as load_for_device
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Model directory, llama2.c .bin or Hugging Face directory "
+                                             "(default: the bundled model)."),
+    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_concurrent: int = typer.Option(2, help="Stories generated at the same time (worker threads)."),
+    max_queue: int = typer.Option(8, help="Requests that may wait for a worker; beyond that: 503, retry later."),
+    safety: bool = typer.Option(True, "--safety/--no-safety",
+                                help="The children's word filter on prompts and stories."),
+    blocked_words: Optional[Path] = typer.Option(None, help="Your own word list (one word or phrase a line)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    log_level: str = typer.Option("info", help=f"uvicorn's log level: {', '.join(LOG_LEVELS)}."),
+):
+    """Start the story web page and the HTTP API; the model is loaded once.
+
+    Open http://127.0.0.1:8000 for the page; the API (POST /api/generate, OpenAI-compatible
+    POST /v1/completions, GET /v1/models, GET /healthz) is described at /docs.
+
+    Examples:
+
+      tinytales serve
+
+      tinytales serve --model runs/tiny/model --port 8080
+
+      tinytales serve --host 0.0.0.0 --max-concurrent 4 --blocked-words my_words.txt
+    """
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be between 1 and 65535, got {port}")
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    import uvicorn
+
+    from ..serve import create_app
+
+    loaded = load_for_device(model, tokenizer, device)
+    web = create_app(loaded, max_concurrent=max_concurrent, max_queue=max_queue, safety=safety,
+                     blocked_words=blocked_words)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"Telling stories with [bold]{web.state.model_name}[/] at http://{shown_host}:{port}  "
+                  f"(API docs: /docs; safety filter {'on' if safety else 'OFF'}; Ctrl+C stops)", highlight=False)
+    uvicorn.run(web, host=host, port=port, log_level=log_level)

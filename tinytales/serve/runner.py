@@ -1,0 +1,237 @@
+"""Stories generated off the event loop: a fixed pool of worker threads and a bounded waiting line.
+
+A request reserves a place (`StoryRunner.submit`); when every worker is busy and the waiting line
+is full it gets None and the app answers 503 with Retry-After, so memory never grows without
+bound. A worker runs the engine's `stream_events` generator and passes what may be shown to the
+request's asyncio queue. The request cancels its job when the client goes away; the worker sees
+that before the next token and closes the engine's generator, which stops generating.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .. import generate as engine
+from .safety import STORY_STOPPED, SafetyFilter
+
+logger = logging.getLogger("tinytales.serve")
+
+
+def last_word_end(text: str, start: int, limit: int) -> int:
+    """The largest end in [start, limit] that does not cut a word (the character before it is not a letter)."""
+    end = limit
+    while end > start and (text[end - 1].isalnum() or text[end - 1] == "_"):
+        end -= 1
+    return end
+
+
+class TextGate:
+    """Decides how much generated text may be shown yet.
+
+    Text is released up to the last word boundary, so the safety filter sees every word whole
+    before any of it reaches the reader, and never past the start of a stop sequence.
+    After `finish_reason` is set ("stop" or "content_filter") the story is over.
+    """
+
+    def __init__(self, safety: SafetyFilter | None = None, stop: list[str] | tuple = ()):
+        self.safety = safety
+        self.stop = [s for s in stop if s]
+        self.hold_back = max((len(s) for s in self.stop), default=1) - 1  # a stop sequence could be starting
+        self.text = ""
+        self.released = 0
+        self.finish_reason: str | None = None
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        return self._release(final=False)
+
+    def flush(self) -> str:
+        """Everything still held back, once the story has ended."""
+        return self._release(final=True)
+
+    @property
+    def shown(self) -> str:
+        return self.text[:self.released]
+
+    def _release(self, final: bool) -> str:
+        if self.finish_reason is not None:
+            return ""
+        text = self.text
+        stops = [i for i in (text.find(s, self.released) for s in self.stop) if i != -1]
+        if stops:
+            end, self.finish_reason = min(stops), "stop"
+        elif final:
+            end = len(text)
+        else:
+            end = last_word_end(text, self.released, max(len(text) - self.hold_back, self.released))
+        if self.safety is not None and end > self.released:
+            match = self.safety.find(text, self.released, end)
+            if match is not None:
+                end, self.finish_reason = max(match.start(), self.released), "content_filter"
+        piece = text[self.released:end]
+        self.released = end
+        return piece
+
+
+@dataclass(eq=False)  # compared and hashed by identity: jobs live in a set
+class StoryJob:
+    """One story being told; events go from the worker thread to the request's asyncio queue.
+
+    Events are dicts: {"type": "text", "text"} pieces, then exactly one of {"type": "done",
+    "finish_reason", ...counts...} or {"type": "error", "status", "message"}.
+    """
+
+    prompt: str
+    config: engine.GenerationConfig
+    stop: list[str] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    checked_at: float = field(default_factory=time.monotonic)  # when the request last checked its client
+
+    def emit(self, event: dict) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    async def next_event(self, timeout: float | None = None) -> dict | None:
+        """The next event, or None after `timeout` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+
+@dataclass
+class JobRecord:
+    """What a finished job did, kept for /healthz and for tests (did a cancelled job stop early?)."""
+
+    finish_reason: str
+    pieces: int  # text pieces the engine produced
+    new_tokens: int
+    seconds: float
+
+
+class StoryRunner:
+    def __init__(self, loaded, safety: SafetyFilter | None, max_concurrent: int = 2, max_queue: int = 8):
+        if max_concurrent < 1 or max_queue < 0:
+            raise ValueError(f"max_concurrent must be >= 1 and max_queue >= 0, got {max_concurrent} and {max_queue}")
+        self.loaded = loaded
+        self.safety = safety
+        self.max_concurrent = max_concurrent
+        self.capacity = max_concurrent + max_queue
+        self._executor = ThreadPoolExecutor(max_concurrent, thread_name_prefix="tinytales-story")
+        self._lock = threading.Lock()
+        self._jobs: set[StoryJob] = set()
+        self.running = 0
+        self.history: deque[JobRecord] = deque(maxlen=200)
+        self.served = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._jobs) - self.running
+
+    def submit(self, prompt: str, config, stop: list[str] | None = None) -> StoryJob | None:
+        """Start a job (or queue it); None when every place is taken."""
+        job = StoryJob(prompt, config, list(stop or []), loop=asyncio.get_running_loop())
+        with self._lock:
+            if len(self._jobs) >= self.capacity:
+                return None
+            self._jobs.add(job)
+        self._executor.submit(self._work, job)
+        return job
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for job in self._jobs:
+                job.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ in the worker thread
+
+    def _work(self, job: StoryJob) -> None:
+        with self._lock:
+            self.running += 1
+        record = JobRecord("error", 0, 0, 0.0)
+        try:
+            if job.cancelled.is_set():  # gone while waiting in line
+                record.finish_reason = "cancelled"
+                job.emit({"type": "done", "finish_reason": "cancelled"})
+                return
+            record = self._tell(job)
+        except ValueError as e:  # the engine's check of prompt and settings
+            job.emit({"type": "error", "status": 400, "message": str(e)})
+        except Exception as e:  # a bug: log it, tell the client, keep serving
+            logger.exception("story generation failed")
+            job.emit({"type": "error", "status": 500, "message": f"the storyteller failed ({type(e).__name__})"})
+        finally:
+            with self._lock:
+                self.running -= 1
+                self._jobs.discard(job)
+                self.served += 1
+            self.history.append(record)
+            job.finished.set()
+
+    def _tell(self, job: StoryJob) -> JobRecord:
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        started = time.perf_counter()
+        gate = TextGate(self.safety, job.stop)
+        events = engine.stream_events(model, tokenizer, job.prompt, job.config)
+        summary, pieces, reason = None, 0, None
+        try:
+            for event in events:
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+                if not isinstance(event, str):
+                    summary = event
+                    continue
+                pieces += 1
+                shown = gate.feed(event)
+                if shown:
+                    job.emit({"type": "text", "text": shown})
+                if gate.finish_reason:  # a stop sequence or an unsuitable word: stop generating now
+                    reason = gate.finish_reason
+                    break
+        finally:
+            events.close()
+        if reason is None:
+            rest = gate.flush()
+            if rest:
+                job.emit({"type": "text", "text": rest})
+            reason = gate.finish_reason or ("stop" if summary is not None and summary.finished else "length")
+        seconds = time.perf_counter() - started
+        if summary is not None:
+            prompt_tokens, new_tokens, truncated = summary.prompt_tokens, summary.new_tokens, summary.truncated
+        else:  # stopped early: count what was generated (encode_prompt would warn about truncation again)
+            bos = 0 if tokenizer.bos_id is None else 1
+            full = len(tokenizer.encode(job.prompt)) + bos
+            limit = engine.prompt_token_limit(model.config.context_length, job.config.max_new_tokens)
+            prompt_tokens, truncated = min(full, limit), full > limit
+            new_tokens = len(tokenizer.encode(gate.text)) if gate.text else 0
+        done = {
+            "type": "done",
+            "finish_reason": reason,
+            "text": gate.shown,
+            "prompt_tokens": prompt_tokens,
+            "prompt_truncated": truncated,
+            "new_tokens": new_tokens,
+            "seconds": round(seconds, 4),
+            "queue_seconds": round(started - job.submitted_at, 4),
+            "tokens_per_second": round(new_tokens / seconds, 2) if seconds > 0 else 0.0,
+        }
+        if reason == "content_filter":
+            done["message"] = STORY_STOPPED
+        job.emit(done)
+        return JobRecord(reason, pieces, new_tokens, seconds)
