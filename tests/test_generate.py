@@ -535,3 +535,13 @@ def test_story_summary_is_json_ready(tiny_model, tiny_tokenizer):
     data = json.loads(json.dumps(story.to_dict()))
     assert data["new_tokens"] == 5 and data["prompt"] == PROMPT
     assert math.isclose(data["tokens_per_second"], 5 / story.seconds)
+
+
+def test_extreme_but_valid_settings_still_give_a_story(tiny_model, tiny_tokenizer):
+    """A temperature near 0 or a top_p that rounds to 0 in float32 acts like greedy, never NaN."""
+    from tinytales.generate import GenerationConfig, generate
+
+    greedy = generate(tiny_model, tiny_tokenizer, "Once upon", GenerationConfig(method="greedy", max_new_tokens=8))
+    for settings in ({"temperature": 1e-39}, {"top_p": 5e-324}):
+        config = GenerationConfig(method="sample", max_new_tokens=8, seed=0, **settings)
+        assert generate(tiny_model, tiny_tokenizer, "Once upon", config)[0].token_ids == greedy[0].token_ids

@@ -195,6 +195,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     # keep a token while the better ones hold less than top_p; the best token always stays. Tokens
     # beyond the best k are dropped: at least top_p lies before them.
     keep_best = cumulative - best_probs < top_p
+    keep_best[:, 0] = True  # even when top_p rounds to 0 in float32
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, best_ids, keep_best)  # (B, V)
     return logits.masked_fill(~keep, NEG_INF)
 
@@ -298,7 +299,8 @@ def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> t
     if config.greedy:
         return logits.argmax(-1)
     if config.temperature != 1.0:
-        logits = logits / config.temperature
+        # shift first: the best logit becomes 0, so even a tiny temperature cannot overflow to inf - inf
+        logits = (logits - logits.amax(-1, keepdim=True)) / config.temperature
     logits = top_k_filter(logits, config.top_k)
     logits = top_p_filter(logits, config.top_p)
     logits = min_p_filter(logits, config.min_p)

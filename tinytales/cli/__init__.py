@@ -22,6 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "generate",
     "train",
+    "data",
     "evaluate",
     "hf",
     "serve",
