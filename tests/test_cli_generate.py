@@ -78,8 +78,14 @@ def test_beam_search_from_the_command_line(tiny_model_dir):
                  "--max-new-tokens", 6, "--json")
     assert result.exit_code == 0, result.output
     story = json.loads(result.stdout)["stories"][0]
-    assert story["text"] == library_story(tiny_model_dir, method="beam", num_beams=3, max_new_tokens=6)[0].text
+    # beam search blocks repeated 3-grams by default on the command line
+    assert story["text"] == library_story(tiny_model_dir, method="beam", num_beams=3, max_new_tokens=6,
+                                          no_repeat_ngram_size=3)[0].text
     assert story["score"] is not None
+    plain = run("generate", PROMPT, "--model", tiny_model_dir, "--method", "beam", "--num-beams", 3,
+                "--max-new-tokens", 6, "--no-repeat-ngram", 0, "--json")
+    assert json.loads(plain.stdout)["stories"][0]["text"] == library_story(
+        tiny_model_dir, method="beam", num_beams=3, max_new_tokens=6)[0].text
 
 
 def test_long_prompt_warns_on_one_line(tiny_model_dir):

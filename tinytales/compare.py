@@ -17,12 +17,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .generate import BEAM_NO_REPEAT_NGRAM
+
 VOCAB_PATH = Path(__file__).parent / "resources" / "children_vocab.txt"
 
 # The decoding methods a table compares by name (the README's table uses these).
 METHODS: dict[str, dict] = {
     "greedy": {"method": "greedy"},
-    "beam": {"method": "beam", "num_beams": 4},
+    "beam": {"method": "beam", "num_beams": 4, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM},
     "sample": {"method": "sample", "temperature": 1.0},
     "temperature": {"method": "sample", "temperature": 0.7},
     "top-k": {"method": "sample", "top_k": 40},

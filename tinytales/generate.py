@@ -32,6 +32,10 @@ NEG_INF = float("-inf")
 NUCLEUS_FIRST_GUESS = 256  # top-p looks for the nucleus among this many best tokens first
 
 
+# Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the
+# usual remedy (the CLI and the compare tables use it for beam search unless told otherwise).
+BEAM_NO_REPEAT_NGRAM = 3
+
 @dataclass
 class GenerationConfig:
     method: str = "sample"

@@ -30,7 +30,9 @@ def generate(
     top_p: float = typer.Option(STORY_TOP_P, help="Nucleus sampling: smallest set with this probability, (0, 1]."),
     min_p: float = typer.Option(0.0, help="Drop tokens below min_p x the best token's probability, [0, 1)."),
     repetition_penalty: float = typer.Option(1.0, help="> 1 discourages tokens already in the text (1 = off)."),
-    no_repeat_ngram: int = typer.Option(0, help="Never repeat an n-gram of this size (0 = off)."),
+    no_repeat_ngram: Optional[int] = typer.Option(None, help="Never repeat an n-gram of this size (0 = off; "
+                                                             "default 3 for beam search, which loops without it, "
+                                                             "else 0)."),
     num_beams: int = typer.Option(4, help="Beams for --method beam."),
     length_penalty: float = typer.Option(1.0, help="Beam score = log-prob / length ** length_penalty."),
     max_new_tokens: int = typer.Option(200, help="Most new tokens per story."),
@@ -59,9 +61,11 @@ def generate(
     """
     from rich.markup import escape
 
-    from ..generate import GenerationConfig, check_prompt, generate as tell
+    from ..generate import BEAM_NO_REPEAT_NGRAM, GenerationConfig, check_prompt, generate as tell
 
     prompt = check_prompt(DEFAULT_PROMPT if prompt is None else prompt)  # before the (slower) model loading
+    if no_repeat_ngram is None:
+        no_repeat_ngram = BEAM_NO_REPEAT_NGRAM if method == "beam" else 0
     config = GenerationConfig(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                               top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
