@@ -48,7 +48,8 @@ class GenerateRequest(BaseModel):
     top_p: float = Field(0.95, ge=MIN_TOP_P, le=1.0, description="sample: keep the likeliest tokens up to this mass.")
     min_p: float = Field(0.0, ge=0.0, lt=1.0, description="sample: drop tokens below min_p x the top probability.")
     repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Discourage repeated tokens (1 = off).")
-    no_repeat_ngram_size: int = Field(0, ge=0, le=10, description="Never repeat an n-gram of this size (0 = off).")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=10, description="Never repeat an n-gram of this size "
+                                                                        "(0 = off; default 3 for beam, else 0).")
     num_beams: int = Field(4, ge=2, le=MAX_BEAMS, description="beam: candidates kept at each step.")
     length_penalty: float = Field(1.0, ge=-2.0, le=2.0, description="beam: > 1 favours longer stories.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same story (sampling).")
