@@ -16,7 +16,9 @@ VALID = "../shared/data/tinystories/valid.jsonl"
 def main(run_model: str) -> None:
     loaded = load_model(run_model)
     scores = evaluate(loaded.model, loaded.tokenizer, VALID, progress=False)
-    training = loaded.card.get("training", {})
+    training = dict(loaded.card.get("training", {}))
+    if not training.get("init_from"):  # trained from scratch (older runs copied a resumed checkpoint's card here)
+        training.pop("base_model_card", None)
     card = {
         "name": "tinytales-stories",
         "description": "A small Llama-style GPT (RoPE, RMSNorm, SwiGLU) trained from scratch on TinyStories "

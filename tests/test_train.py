@@ -45,6 +45,8 @@ def test_resume_continues_with_the_same_losses(tmp_path, jsonl_file):
         shutil.rmtree(path)
     resumed = train(tiny_config(tmp_path / "b", jsonl_file, resume="auto"))
     assert losses(resumed.history) == losses(full.history)
+    assert [(r["epoch"], r["steps"], r["loss"]) for r in resumed.history["epochs"]] == [
+        (r["epoch"], r["steps"], r["loss"]) for r in full.history["epochs"]]
     assert resumed.history["evals"] == [
         {**e, "elapsed": r["elapsed"]} for e, r in zip(full.history["evals"], resumed.history["evals"])]
 

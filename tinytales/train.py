@@ -306,7 +306,8 @@ def train(config: TrainConfig) -> TrainResult:
     resume_from = ckpt.resolve_resume(config.resume, run_dir)
     if resume_from is not None:
         loaded = load_model(resume_from)
-        model, init_card = loaded.model.float().to(runtime.device), loaded.card
+        # the run's own provenance, not the checkpoint's card, describes what it started from
+        model, init_card = loaded.model.float().to(runtime.device), loaded.card.get("training", {}).get("base_model_card")
         model.train()
         trainer_state, saved_state = ckpt.load_trainer_state(resume_from)
     else:
@@ -355,7 +356,7 @@ def train(config: TrainConfig) -> TrainResult:
     tokens_per_step = config.batch_size * seq_len * config.grad_accum * runtime.world_size
     elapsed_before = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
     start_time = time.perf_counter()
-    epoch_acc = _EpochAccumulator(history, batches.epoch)
+    epoch_acc = _EpochAccumulator(history, batches.epoch, saved_state.get("epoch_progress") if saved_state else None)
     last_loss, val_loss = float("nan"), None
     with reporter:
         while step < total_steps:
@@ -405,7 +406,8 @@ def train(config: TrainConfig) -> TrainResult:
                 reporter.note(_format_epoch(row))
             if step % config.checkpoint_every == 0 or epoch_ended or step == total_steps:
                 if runtime.is_main:
-                    _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base)
+                    _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base,
+                          epoch_acc)
                     write_json(run_dir / "history.json", history)
 
     if step and epoch_acc.steps:  # a partial last epoch still gets its row
@@ -485,9 +487,10 @@ def estimate_val_loss(model, config: TrainConfig, tokenizer, seq_len: int, preci
     return _mean_across_ranks(total / max(count, 1), runtime).item()
 
 
-def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base):
+def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base, epoch_acc):
     trainer_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
-    state = {"step": step, "data": batches.state_dict(), "history": history, "world_size": batches.world_size}
+    state = {"step": step, "data": batches.state_dict(), "history": history, "world_size": batches.world_size,
+             "epoch_progress": epoch_acc.state_dict()}
     card = {**card_base, "training": {**card_base["training"], "steps": step}}
     ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, state, card, keep_last=config.keep_last)
 
@@ -506,11 +509,16 @@ def _card(card_base, config, model, step, history, val_loss, tokens_per_step, de
 class _EpochAccumulator:
     """Per-epoch means of loss and grad norm, for the epoch table."""
 
-    def __init__(self, history: dict, epoch: int):
+    def __init__(self, history: dict, epoch: int, saved: dict | None = None):
         self.history, self.epoch = history, epoch
         self.loss = self.grad = 0.0
         self.steps = 0
         self.started = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
+        if saved and saved.get("epoch") == epoch:  # resumed mid-epoch: its row still covers the whole epoch
+            self.loss, self.grad, self.steps, self.started = saved["loss"], saved["grad"], saved["steps"], saved["started"]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "loss": self.loss, "grad": self.grad, "steps": self.steps, "started": self.started}
 
     def add(self, record: dict):
         self.loss += record["loss"]
