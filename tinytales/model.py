@@ -228,7 +228,77 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+TRANSPOSED_OUTPUT_MIN_BYTES = 16 * 2**20  # below, several rows at once go faster through lm_head itself
+LOSS_CHUNK_ROWS = 128  # rows of logits alive at once in the training loss (bench/: 64-128 fastest on CPU)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross entropy of x @ weight.T without the (N, V) float32 logits and log-probabilities.
+
+    The plain path (lm_head, .float(), cross_entropy) keeps about 10 bytes per logit alive and
+    streams ~50 GB/s-worth of them through memory for a 50K vocabulary. Here each chunk of rows gets
+    its logits (in the autocast dtype), float32 softmax, loss and gradient (softmax - one-hot) / n
+    at once; only that gradient is kept, in the logits' dtype, and backward is two matmuls.
+    Same arithmetic as autocast + F.cross_entropy: bf16 matmuls, float32 softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows):
+        # x: (N, C) hidden states, weight: (V, C), targets: (N,) with -100 = ignored
+        valid = targets != -100
+        count = valid.sum()
+        scale = 1.0 / count.clamp(min=1).to(torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_logits = None  # (N, V) d loss / d logits, filled chunk by chunk
+        for start in range(0, x.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = F.linear(x[rows], weight)  # (n, V), bf16 under autocast
+            if grad_logits is None:
+                grad_logits = torch.empty(x.size(0), weight.size(0), dtype=logits.dtype, device=x.device)
+            safe_targets = targets[rows].clamp(min=0)[:, None]  # (n, 1)
+            log_probs = logits.log_softmax(-1, dtype=torch.float32)  # (n, V)
+            nll = -log_probs.gather(1, safe_targets).squeeze(1)  # (n,)
+            total += torch.where(valid[rows], nll, 0.0).sum()
+            grad = log_probs.exp_()  # softmax, in place
+            grad.scatter_add_(1, safe_targets, torch.full_like(nll[:, None], -1.0))
+            grad.mul_((valid[rows].float() * scale)[:, None])
+            grad_logits[rows] = grad
+        ctx.save_for_backward(x, weight, grad_logits)
+        return torch.where(count > 0, total * scale, torch.nan)  # nan for no valid target, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight, grad_logits = ctx.saved_tensors
+        # the same (cast) matmuls autograd runs after the plain loss; grad_output is a scalar
+        grad_x = grad_logits.mm(weight.to(grad_logits.dtype)).mul_(grad_output).to(x.dtype)  # (N, C)
+        grad_weight = grad_logits.t().mm(x.to(grad_logits.dtype)).mul_(grad_output).to(weight.dtype)  # (V, C)
+        return grad_x, grad_weight, None, None
+
+
+def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          chunk_rows: int = LOSS_CHUNK_ROWS) -> torch.Tensor:
+    """F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-100), chunk_rows rows at a time.
+
+    x (N, C), weight (V, C), targets (N,). With gradients it computes them on the way (see
+    _ChunkedCrossEntropy); without, it only sums the chunks' losses.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(x, weight, targets, chunk_rows)
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    for start in range(0, x.size(0), chunk_rows):
+        logits = F.linear(x[start:start + chunk_rows], weight).float()  # (n, V)
+        total += F.cross_entropy(logits, targets[start:start + chunk_rows], ignore_index=-100, reduction="sum")
+    return total / (targets != -100).sum()
+
+
+def _same_version(source: torch.Tensor, version: int, weight: torch.Tensor) -> bool:
+    return (source.data_ptr() == weight.data_ptr() and version == weight._version
+            and source.dtype == weight.dtype and source.device == weight.device and source.shape == weight.shape)
+
+
 class GPT(nn.Module):
+    loss_chunk_rows = LOSS_CHUNK_ROWS  # 0: the loss goes through full float32 logits (slower, more memory)
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -289,18 +359,44 @@ class GPT(nn.Module):
         return self.norm_f(x)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
-        """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) also the mean loss.
+        """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) the mean loss instead.
 
-        Targets equal to -100 (padding) are ignored by the loss.
+        With targets the logits are None: the loss is computed chunk by chunk from the hidden states
+        (`chunked_cross_entropy`) and the (B, T, V) logits never exist; `loss_chunk_rows = 0` restores
+        the plain path that returns them too. Targets equal to -100 (padding) are ignored by the loss.
         """
         x = self.hidden_states(idx, cache, attention_mask)
         if targets is not None:
+            if self.loss_chunk_rows:
+                return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                                   self.loss_chunk_rows)
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
             return logits, loss
         if last_only:
             x = x[:, -1:, :]
+            if not torch.is_grad_enabled():
+                return self._decode_logits(x), None
         return self.lm_head(x), None
+
+    def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """lm_head for decoding: x (B, 1, C) times a cached contiguous (C, V) copy of the float32 weight.
+
+        On CPU, MKL's float32 matrix-vector product over the (V, C) weight is about 3x slower than the
+        vector-matrix product over its transpose (bench/: 6.4 -> 1.8 ms per token for GPT-2's 50K
+        vocabulary), the largest cost of a decoding step; for several rows it still wins with a
+        large vocabulary. The copy is rebuilt whenever the weight changes (new tensor or in-place update).
+        """
+        weight = self.lm_head.weight
+        rows = x.size(0) * x.size(1)
+        if weight.dtype != torch.float32 or (rows > 1 and weight.numel() * 4 < TRANSPOSED_OUTPUT_MIN_BYTES):
+            return self.lm_head(x)
+        cached = self.__dict__.get("_lm_head_t")
+        if cached is None or not _same_version(cached[0], cached[1], weight):
+            # hold the source tensor so that its memory cannot be reused by another weight meanwhile
+            cached = (weight.detach(), weight._version, weight.detach().t().contiguous())  # (C, V)
+            self.__dict__["_lm_head_t"] = cached
+        return x @ cached[2]  # (B, 1, V)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> KVCache:
         p = self.tok_emb.weight

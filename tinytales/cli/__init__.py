@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "evaluate",
     "hf",
     "serve",
+    "bench",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,212 @@
+"""The benchmarks (bench/): each runs for one tiny iteration and writes its JSON; the CLI delegates to them.
+
+Also the speed fix they measure: the chunked cross entropy of tinytales.model gives the plain loss
+and its gradients.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from tinytales.cli import app
+from tinytales.model import GPT, GPTConfig, chunked_cross_entropy
+
+from conftest import needs_shared
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # bench/ lives beside the package, not inside it
+    sys.path.insert(0, str(REPO))
+MACHINE_KEYS = {"cpu", "cores", "torch", "threads", "bf16_native", "transformers", "training_job_running"}
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+# ----------------------------------------------------------------------------- the chunked loss
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(autocast):
+    torch.manual_seed(0)
+    x = torch.randn(70, 16, requires_grad=True)
+    weight = (torch.randn(200, 16) * 0.5).requires_grad_()
+    targets = torch.randint(0, 200, (70,))
+    targets[::5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        plain = F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-100)
+    (plain * 1.5).backward()
+    plain_grads = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        chunked = chunked_cross_entropy(x, weight, targets, chunk_rows=16)  # 70 rows: a ragged last chunk
+    (chunked * 1.5).backward()
+    tolerance = {"atol": 1e-3, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.testing.assert_close(x.grad, plain_grads[0], **tolerance)
+    torch.testing.assert_close(weight.grad, plain_grads[1], **tolerance)
+    with torch.no_grad():  # evaluation: the loss alone, no gradients kept
+        assert chunked_cross_entropy(x, weight, targets, 16).item() == pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_chunked_cross_entropy_of_only_ignored_targets_is_nan_like_the_plain_loss():
+    x, weight = torch.randn(4, 8, requires_grad=True), torch.randn(10, 8)
+    targets = torch.full((4,), -100)
+    assert torch.isnan(chunked_cross_entropy(x, weight, targets, 2))
+    assert torch.isnan(F.cross_entropy(F.linear(x, weight), targets))
+
+
+def test_model_loss_is_the_same_with_and_without_chunks(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 20))
+    targets = idx.roll(-1, 1)
+    logits, chunked = model(idx, targets)
+    assert logits is None  # the full logits never exist on this path
+    chunked.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.loss_chunk_rows = 0
+    logits, plain = model(idx, targets)
+    assert logits.shape == (2, 20, tiny_config.vocab_size)
+    plain.backward()
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+    for chunk_grad, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(chunk_grad, p.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_decoding_logits_match_lm_head_and_follow_weight_changes():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=96, context_length=16, n_layer=1, n_head=2, n_embd=8)
+    model = GPT(config).eval()
+    idx = torch.randint(0, 96, (3, 5))
+    with torch.no_grad():
+        for rows in (idx[:1], idx):  # one row: the transposed copy; several small-vocab rows: lm_head itself
+            fast, _ = model(rows, last_only=True)
+            torch.testing.assert_close(fast, model.lm_head(model.hidden_states(rows))[:, -1:], atol=1e-6, rtol=1e-5)
+        before, _ = model(idx[:1], last_only=True)
+        model.lm_head.weight.mul_(2.0)  # an in-place update (an optimizer step) must not leave a stale copy
+        after, _ = model(idx[:1], last_only=True)
+        torch.testing.assert_close(after, model.lm_head(model.hidden_states(idx[:1]))[:, -1:], atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(before, after)
+        model.load_state_dict(GPT(config).state_dict())  # new weights copied in
+        reloaded, _ = model(idx[:1], last_only=True)
+        torch.testing.assert_close(reloaded, model.lm_head(model.hidden_states(idx[:1]))[:, -1:], atol=1e-6,
+                                   rtol=1e-5)
+    with torch.enable_grad():  # with gradients: the plain lm_head (the copy is for inference only)
+        logits, _ = model(idx[:1], last_only=True)
+        assert logits.requires_grad
+
+
+# ----------------------------------------------------------------------------- pieces of the benchmarks
+
+def test_transformers_twin_computes_the_same_logits():
+    from bench.common import transformers_twin
+
+    torch.manual_seed(0)
+    for options in ({}, {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False}):
+        model = GPT(GPTConfig(vocab_size=128, context_length=32, n_layer=2, n_head=2, n_embd=16, **options)).eval()
+        twin = transformers_twin(model, vocab_size=120).eval()
+        idx = torch.randint(0, 120, (2, 12))
+        assert twin.config.vocab_size == 120
+        torch.testing.assert_close(twin(idx).logits, model(idx)[0][..., :120], atol=1e-5, rtol=1e-5)
+
+
+def test_bench_tokenizer_makes_every_story_run_to_max_new_tokens(tiny_model):
+    from bench.generate_speed import BenchTokenizer
+    from tinytales.generate import GenerationConfig, generate
+
+    tokenizer = BenchTokenizer(300, [5, 6, 7])
+    for method in ("greedy", "beam"):
+        stories = generate(tiny_model, tokenizer, "ignored", GenerationConfig(method=method, max_new_tokens=12))
+        assert stories[0].new_tokens == 12 and not stories[0].finished
+
+
+# ----------------------------------------------------------------------------- each benchmark, one tiny iteration
+
+def read_result(folder: Path, name: str) -> dict:
+    data = json.loads((folder / f"{name}.json").read_text())
+    assert MACHINE_KEYS <= set(data["machine"]) and data["machine"]["threads"] == 1
+    assert data["benchmark"] == name and data["quick"] is True
+    return data
+
+
+@pytest.mark.slow
+def test_train_benchmark_quick_run_writes_both_implementations(tmp_path):
+    done = run_bench("train", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    row, = read_result(tmp_path, "train")["configs"]
+    assert row["config"] == "tiny"
+    for impl in ("tinytales", "transformers"):
+        assert row[impl]["tokens_per_s"] > 0 and row[impl]["gflops_per_s"] > 0 and row[impl]["peak_rss_mb"] > 100
+    # the same weights: the first losses differ only by the 12 padding ids of TinyTales' vocabulary
+    assert row["tinytales"]["first_loss"] == pytest.approx(row["transformers"]["first_loss"], abs=0.05)
+    assert row["ratio"] == pytest.approx(row["tinytales"]["tokens_per_s"] / row["transformers"]["tokens_per_s"],
+                                         abs=0.01)
+    assert "tok/s" in done.stdout
+
+
+@pytest.mark.slow
+def test_generate_benchmark_quick_run_writes_every_case_and_first_token_time(tmp_path):
+    done = run_bench("generate", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    data = read_result(tmp_path, "generate")
+    assert {row["case"] for row in data["results"]} == {"greedy", "sample", "beam4", "sample-batch8"}
+    for row in data["results"]:
+        rows = 8 if row["case"] == "sample-batch8" else 1
+        assert row["new_tokens"] == row["transformers_new_tokens"] == 5 * rows  # the same work on both sides
+        assert row["tinytales_tokens_per_s"] > 0 and row["transformers_tokens_per_s"] > 0
+    assert data["time_to_first_token"]["median_first_token_s"] > 0
+
+
+def test_bench_rejects_bad_arguments():
+    done = run_bench("train", "--reps", "0")
+    assert done.returncode == 2 and "--reps must be >= 1" in done.stderr
+    done = run_bench("train", "--quick", "--configs", "huge")
+    assert done.returncode != 0 and "unknown config" in done.stderr
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+runner = CliRunner()
+
+
+def test_cli_bench_help_has_an_example():
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "tinytales bench --quick" in result.output
+
+
+def test_cli_bench_errors_are_one_line_and_exit_1():
+    result = runner.invoke(app, ["bench", "everything"])
+    assert result.exit_code == 1 and "unknown benchmark 'everything'" in result.output
+    result = runner.invoke(app, ["bench", "--steps", "0"])
+    assert result.exit_code == 1 and "--steps must be >= 1" in result.output
+
+
+def test_cli_bench_without_a_checkout_says_where_benchmarks_live(monkeypatch, tmp_path):
+    import tinytales.cli.bench as cli_bench
+
+    monkeypatch.setattr(cli_bench, "__file__", str(tmp_path / "tinytales" / "cli" / "bench.py"))
+    result = runner.invoke(app, ["bench", "data", "--quick"])
+    assert result.exit_code == 1 and "git checkout" in result.output
+
+
+@pytest.mark.slow
+@needs_shared("data", "tinystories", "valid.jsonl")
+def test_cli_bench_runs_python_m_bench_and_streams_its_output(tmp_path):
+    result = runner.invoke(app, ["bench", "data", "--quick", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "prepare valid" in result.output
+    printed = json.loads(result.output[result.output.index("{"):])
+    assert printed["data"] == read_result(tmp_path, "data")
+    row, = printed["data"]["results"]
+    assert row["source"] == "valid" and row["tokenizer"] == "4k"
+    assert row["documents"] > 800 and row["tokens"] > row["documents"]
+    assert 0 < row["prepare_mb_per_s"] <= row["read_clean_mb_per_s"]
