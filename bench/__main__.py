@@ -84,7 +84,8 @@ def report(folder: Path) -> str:
     path = Path(folder) / "train.json"
     if path.exists():
         data = json.loads(path.read_text())
-        lines += ["| config | TinyTales tok/s | transformers tok/s | ratio | GFLOP/s (TT / HF) | peak RSS MB (TT / HF) |",
+        lines += ["| config | TinyTales tok/s | transformers tok/s | ratio | GFLOP/s (TT / HF) "
+                  "| peak RSS MB (TT / HF) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for row in data["configs"]:
             tt, hf = row["tinytales"], row["transformers"]
@@ -92,7 +93,8 @@ def report(folder: Path) -> str:
                          f"{row['ratio']:.2f}x | {tt['gflops_per_s']:.1f} / {hf['gflops_per_s']:.1f} | "
                          f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} |")
         if data["levers"]:
-            lines += ["", "| lever (TinyTales) | config | tok/s | vs default | peak RSS MB |", "|---|---|---:|---:|---:|"]
+            lines += ["", "| lever (TinyTales) | config | tok/s | vs default | peak RSS MB |",
+                      "|---|---|---:|---:|---:|"]
             for row in data["levers"]:
                 lines.append(f"| {row['lever']} | {row['config']} | {row['tokens_per_s']:,.0f} | "
                              f"{row['vs_default']:.2f}x | {row['peak_rss_mb']:,.0f} |")
@@ -100,7 +102,8 @@ def report(folder: Path) -> str:
     path = Path(folder) / "generate.json"
     if path.exists():
         data = json.loads(path.read_text())
-        lines += ["| config | case | batch | TinyTales tok/s | transformers tok/s | ratio |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["| config | case | batch | TinyTales tok/s | transformers tok/s | ratio |",
+                  "|---|---|---:|---:|---:|---:|"]
         for row in data["results"]:
             lines.append(f"| {row['config']} | {row['case']} | {row['batch']} | {row['tinytales_tokens_per_s']:,.0f} | "
                          f"{row['transformers_tokens_per_s']:,.0f} | {row['ratio']:.2f}x |")
@@ -117,7 +120,8 @@ def report(folder: Path) -> str:
                   "|---|---|---:|---:|---:|---:|---:|"]
         for row in data["results"]:
             lines.append(f"| {row['source']} | {row['tokenizer']} | {row['text_mb']} | {row['prepare_mb_per_s']:.2f} | "
-                         f"{row['read_clean_mb_per_s']:.1f} | {row['encode_mb_per_s']:.2f} | {row['tokens_per_s']:,.0f} |")
+                         f"{row['read_clean_mb_per_s']:.1f} | {row['encode_mb_per_s']:.2f} | "
+                         f"{row['tokens_per_s']:,.0f} |")
     return "\n".join(lines)
 
 

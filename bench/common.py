@@ -57,6 +57,7 @@ def worker_main(measure) -> None:
     torch.set_num_threads(spec.get("threads", 2))
     result = measure(spec)
     result["peak_rss_mb"] = peak_rss_mb()
+    result["load_1min"] = round(os.getloadavg()[0], 2)  # well above the thread count: someone else was busy
     print(json.dumps(result), flush=True)
 
 
@@ -182,7 +183,8 @@ def transformers_twin(model, vocab_size: int | None = None):
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     hf_state = to_hf_state(state, config, arch)
     for name, tensor in hf_state.items():
-        if tensor.size(0) == config.vocab_size and name.endswith(("wte.weight", "embed_tokens.weight", "lm_head.weight")):
+        vocab_rows = name.endswith(("wte.weight", "embed_tokens.weight", "lm_head.weight"))
+        if vocab_rows and tensor.size(0) == config.vocab_size:
             hf_state[name] = tensor[:vocab_size]
     missing, unexpected = hf_model.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_embeddings)]

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import REPO, SHARED, Clock, median, ratio, run_worker, say, thread_env, worker_main
+from .common import REPO, Clock, median, ratio, run_worker, say, thread_env, worker_main
 from .train_speed import CONFIGS
 
 PROMPT_TOKENS = 10
@@ -203,7 +203,8 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, new_t
             row = {"config": name, "case": case, **{k: v for k, v in CASES[case].items() if k != "method"},
                    "method": CASES[case]["method"], "tinytales_tokens_per_s": round(ours, 1),
                    "transformers_tokens_per_s": round(theirs, 1), "ratio": ratio(ours, theirs),
-                   "target_ratio": TARGETS.get(case), "issue_transformers_tokens_per_s": ISSUE_BASELINE.get((name, case)),
+                   "target_ratio": TARGETS.get(case),
+                   "issue_transformers_tokens_per_s": ISSUE_BASELINE.get((name, case)),
                    "new_tokens": figures["tinytales"]["new_tokens"],
                    "transformers_new_tokens": figures["transformers"]["new_tokens"],
                    "runs_seconds": {k: v["runs_seconds"] for k, v in figures.items()}}

@@ -65,7 +65,8 @@ def measure(spec: dict) -> dict:
                        n_head=shape["n_head"], n_embd=shape["n_embd"])
     batch, seq, accum = shape["batch"], shape["seq"], spec.get("grad_accum", 1)
     device = torch.device("cpu")
-    train_config = TrainConfig(data="bench", batch_size=batch, grad_accum=accum, precision=spec.get("precision", "auto"))
+    train_config = TrainConfig(data="bench", batch_size=batch, grad_accum=accum,
+                               precision=spec.get("precision", "auto"))
     precision = resolve_precision(train_config, device)
 
     torch.manual_seed(0)
@@ -177,7 +178,9 @@ def summarize(name: str, runs: dict) -> dict:
             "peak_rss_mb": round(median(r["peak_rss_mb"] for r in results), 1),
             "training_memory_mb": round(median(r["peak_rss_mb"] - r["rss_before_training_mb"] for r in results), 1),
             "first_loss": results[0]["first_loss"], "precision": results[0]["precision"],
-            "model_vocab": results[0]["model_vocab"], "runs_tokens_per_s": [round(r["tokens_per_s"], 1) for r in results],
+            "model_vocab": results[0]["model_vocab"],
+            "runs_tokens_per_s": [round(r["tokens_per_s"], 1) for r in results],
+            "runs_load_1min": [r["load_1min"] for r in results],
         }
     row["ratio"] = ratio(row["tinytales"]["tokens_per_s"], row["transformers"]["tokens_per_s"])
     row["meets_target"] = row["ratio"] is not None and row["ratio"] >= TARGET_RATIO

@@ -235,8 +235,8 @@ LOSS_CHUNK_ROWS = 128  # rows of logits alive at once in the training loss (benc
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross entropy of x @ weight.T without the (N, V) float32 logits and log-probabilities.
 
-    The plain path (lm_head, .float(), cross_entropy) keeps about 10 bytes per logit alive and
-    streams ~50 GB/s-worth of them through memory for a 50K vocabulary. Here each chunk of rows gets
+    The plain path (lm_head, .float(), cross_entropy) keeps about 10 bytes per logit alive (2 GB for
+    8 x 512 tokens and a 50K vocabulary) and streams them through memory several times. Here each chunk of rows gets
     its logits (in the autocast dtype), float32 softmax, loss and gradient (softmax - one-hot) / n
     at once; only that gradient is kept, in the logits' dtype, and backward is two matmuls.
     Same arithmetic as autocast + F.cross_entropy: bf16 matmuls, float32 softmax.
