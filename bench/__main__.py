@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--configs", default=None,
                         help="comma-separated model configs: seed, 4k-d256, 4k-d128, tiny (default: the issue's)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per process")
-    parser.add_argument("--no-levers", action="store_true", help="skip the TinyTales-only lever measurements")
+    parser.add_argument("--no-levers", action="store_true", help="skip the lever measurements (one setting changed at a time)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per generation (default 200)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
@@ -93,7 +93,7 @@ def report(folder: Path) -> str:
                          f"{row['ratio']:.2f}x | {tt['gflops_per_s']:.1f} / {hf['gflops_per_s']:.1f} | "
                          f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} |")
         if data["levers"]:
-            lines += ["", "| lever (TinyTales) | config | tok/s | vs default | peak RSS MB |",
+            lines += ["", "| lever | config | tok/s | vs its default | peak RSS MB |",
                       "|---|---|---:|---:|---:|"]
             for row in data["levers"]:
                 lines.append(f"| {row['lever']} | {row['config']} | {row['tokens_per_s']:,.0f} | "

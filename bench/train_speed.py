@@ -31,7 +31,8 @@ DEFAULT_CONFIGS = ["seed", "4k-d256", "4k-d128"]
 ISSUE_BASELINE = {"seed": 1366, "4k-d256": 5514, "4k-d128": 10701}
 TARGET_RATIO = 1.5
 
-# What else was tried on TinyTales alone: (name, settings changed, configs it is measured on).
+# What else was tried, one process each: (name, settings changed, configs it is measured on); the ratio is
+# against the same implementation's default (TinyTales unless the settings name transformers).
 LEVERS: list[tuple[str, dict, list[str]]] = [
     ("plain loss: full float32 logits (loss_chunk_rows=0)", {"loss_chunk_rows": 0}, ["seed", "4k-d256", "4k-d128"]),
     ("loss chunks of 1024 rows (default 128)", {"loss_chunk_rows": 1024}, ["seed"]),
@@ -40,6 +41,11 @@ LEVERS: list[tuple[str, dict, list[str]]] = [
     ("fp32, no autocast", {"precision": "fp32"}, ["seed", "4k-d128"]),
     ("1 thread", {"threads": 1}, ["4k-d128"]),
     ("torch.compile", {"compile": True, "warmup": 3}, ["4k-d128"]),
+    ("malloc not tuned (glibc defaults)", {"allocator": False}, ["seed", "4k-d256", "4k-d128"]),
+    ("SDPA's attention kernel instead of the CPU causal path", {"cpu_causal_path": False},
+     ["seed", "4k-d256", "4k-d128"]),
+    ("transformers with TinyTales' malloc tuning", {"impl": "transformers", "allocator": True},
+     ["seed", "4k-d256", "4k-d128"]),
 ]
 
 
@@ -53,7 +59,8 @@ def step_counts(config: str) -> tuple[int, int]:
 def measure(spec: dict) -> dict:
     import torch
 
-    from tinytales.model import GPT, GPTConfig
+    from tinytales.model import GPT, CausalSelfAttention, GPTConfig
+    from tinytales.runtime import tune_allocator
     from tinytales.train import TrainConfig, autocast_context, make_optimizer, resolve_precision
 
     from .common import peak_rss_mb, transformers_twin
@@ -81,11 +88,15 @@ def measure(spec: dict) -> dict:
             return model(input_ids=inputs, labels=targets, shift_labels=targets).loss
     else:
         model = gpt
+        if not spec.get("cpu_causal_path", True):
+            CausalSelfAttention.cpu_causal_path = False
         if spec.get("loss_chunk_rows") is not None:
             model.loss_chunk_rows = spec["loss_chunk_rows"]
 
         def loss_of(inputs, targets):
             return forward(inputs, targets)[1]
+    if spec.get("allocator", spec["impl"] == "tinytales"):
+        tune_allocator()  # as tinytales.train does
     model.train()
     forward = torch.compile(model) if spec.get("compile") else model
     optimizer = make_optimizer(model, train_config, device)
@@ -156,8 +167,8 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, lever
                 spec = {"config": name, "threads": threads, "steps": steps or default_steps,
                         "warmup": default_warmup if warmup is None else warmup, "impl": "tinytales", **change}
                 result = run_worker("train_speed", spec, timeout=900)
-                reference = done[name]["tinytales"]["tokens_per_s"]
-                lever_rows.append({"lever": label, "config": name, "settings": change,
+                reference = done[name][spec["impl"]]["tokens_per_s"]
+                lever_rows.append({"lever": label, "config": name, "impl": spec["impl"], "settings": change,
                                    "tokens_per_s": round(result["tokens_per_s"], 1),
                                    "vs_default": ratio(result["tokens_per_s"], reference),
                                    "peak_rss_mb": round(result["peak_rss_mb"], 1), "first_loss": result["first_loss"]})

@@ -21,6 +21,7 @@ from . import checkpoint as ckpt
 from .model import GPT, GPTConfig
 from .modeldir import load_model, save_model, write_json
 from .presets import get_preset
+from .runtime import tune_allocator
 
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -298,6 +299,7 @@ def train(config: TrainConfig) -> TrainResult:
         raise ValueError("no training data: pass --data (a file, folder, glob, prepared folder or hf:dataset)")
     if config.threads:
         torch.set_num_threads(config.threads)
+    tune_allocator()
     runtime = setup_runtime(config)
     run_dir = Path(config.out)
     if runtime.is_main:
