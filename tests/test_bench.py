@@ -82,25 +82,37 @@ def test_model_loss_is_the_same_with_and_without_chunks(tiny_config):
         torch.testing.assert_close(chunk_grad, p.grad, atol=1e-6, rtol=1e-5)
 
 
-def test_decoding_logits_match_lm_head_and_follow_weight_changes():
+def test_decoding_linears_match_the_plain_product_and_follow_weight_changes():
+    from tinytales.model import Linear
+
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=96, context_length=16, n_layer=1, n_head=2, n_embd=8)
     model = GPT(config).eval()
     idx = torch.randint(0, 96, (3, 5))
+
+    def plain_logits(rows):  # every layer through F.linear with the (out, in) weight
+        with torch.enable_grad():
+            return model(rows, last_only=True)[0].detach()
+
     with torch.no_grad():
-        for rows in (idx[:1], idx):  # one row: the transposed copy; several small-vocab rows: lm_head itself
-            fast, _ = model(rows, last_only=True)
-            torch.testing.assert_close(fast, model.lm_head(model.hidden_states(rows))[:, -1:], atol=1e-6, rtol=1e-5)
-        before, _ = model(idx[:1], last_only=True)
+        for rows in (idx[:1, :1], idx[:1], idx):  # one token: the transposed copies everywhere; one row: in
+            fast, _ = model(rows, last_only=True)  # lm_head; several rows, small matrices: F.linear
+            torch.testing.assert_close(fast, plain_logits(rows), atol=1e-6, rtol=1e-5)
+        assert "_weight_t" in model.lm_head.__dict__ and "_weight_t" in model.blocks[0].attn.qkv.__dict__
+        token = idx[:1, :1]
+        before, _ = model(token, last_only=True)
         model.lm_head.weight.mul_(2.0)  # an in-place update (an optimizer step) must not leave a stale copy
-        after, _ = model(idx[:1], last_only=True)
-        torch.testing.assert_close(after, model.lm_head(model.hidden_states(idx[:1]))[:, -1:], atol=1e-6, rtol=1e-5)
+        model.blocks[0].mlp.fc.weight.add_(1.0)
+        after, _ = model(token, last_only=True)
+        torch.testing.assert_close(after, plain_logits(token), atol=1e-6, rtol=1e-5)
         assert not torch.allclose(before, after)
         model.load_state_dict(GPT(config).state_dict())  # new weights copied in
-        reloaded, _ = model(idx[:1], last_only=True)
-        torch.testing.assert_close(reloaded, model.lm_head(model.hidden_states(idx[:1]))[:, -1:], atol=1e-6,
-                                   rtol=1e-5)
-    with torch.enable_grad():  # with gradients: the plain lm_head (the copy is for inference only)
+        reloaded, _ = model(token, last_only=True)
+        torch.testing.assert_close(reloaded, plain_logits(token), atol=1e-6, rtol=1e-5)
+        layer = Linear(8, 4)
+        x = torch.randn(2, 1, 8)
+        torch.testing.assert_close(layer(x[:1]), torch.nn.functional.linear(x[:1], layer.weight, layer.bias))
+    with torch.enable_grad():  # with gradients: the plain product (the copies are for inference only)
         logits, _ = model(idx[:1], last_only=True)
         assert logits.requires_grad
 

@@ -18,7 +18,7 @@ from tinytales.generate import (
     sample_from,
     stream,
     stream_events,
-    top_k_filter,
+    top_k_candidates,
     top_p_filter,
 )
 from tinytales.model import GPT, GPTConfig
@@ -360,11 +360,28 @@ def test_beam_returns_the_best_hypotheses_in_order(tiny_model, tiny_tokenizer):
 
 # ----------------------------------------------------------------------------- sampling and filters
 
-def test_top_k_filter_keeps_the_k_best():
+def test_top_k_candidates_are_the_k_best_best_first():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [0.0, -1.0, 2.0, 1.0, 3.0]])
-    kept = top_k_filter(logits, 2).isfinite()
-    assert kept.tolist() == [[False, True, False, True, False], [False, False, True, False, True]]
-    assert top_k_filter(logits, 0) is logits
+    values, ids = top_k_candidates(logits, 2)
+    assert ids.tolist() == [[1, 3], [4, 2]] and values.tolist() == [[5.0, 4.0], [3.0, 2.0]]
+    assert top_k_candidates(logits, 0) == (logits, None) and top_k_candidates(logits, 5) == (logits, None)
+
+
+def test_sampling_with_top_k_and_top_p_draws_only_from_the_filtered_tokens_in_proportion():
+    from tinytales.generate import GenerationConfig, _pick_tokens
+
+    probs = torch.tensor([0.02, 0.40, 0.03, 0.25, 0.20, 0.10])  # top-2: ids 1, 3; top-4: + 4, 5
+    logits = probs.log().repeat(20_000, 1)
+    generator = torch.Generator().manual_seed(0)
+    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0), generator)
+    counts = torch.bincount(drawn, minlength=6) / len(drawn)
+    torch.testing.assert_close(counts, torch.tensor([0, 0.40, 0, 0.25, 0, 0]) / 0.65, atol=0.015, rtol=0)
+    # top-k 4 (renormalised: .42, .26, .21, .11), then top-p 0.8 keeps the first three (.42 + .26 < 0.8)
+    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=4, top_p=0.8), generator)
+    kept = probs[[1, 3, 4]] / probs[[1, 3, 4]].sum()
+    counts = torch.bincount(drawn, minlength=6) / len(drawn)
+    torch.testing.assert_close(counts[[1, 3, 4]], kept, atol=0.015, rtol=0)
+    assert counts[[0, 2, 5]].sum() == 0
 
 
 def test_top_p_filter_keeps_the_smallest_nucleus():

@@ -176,12 +176,16 @@ def ban_repeated_ngrams(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> t
     return logits.masked_fill(hits > 0, NEG_INF)
 
 
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k highest logits of each row (ties with the k-th are kept too)."""
+def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The k highest logits of each row and their token ids ((B, k), (B, k)), best first; (logits, None) if k
+    does not restrict anything. Ties at the k-th logit are broken by the order topk returns.
+
+    The later filters and the draw then work on k values instead of the whole vocabulary
+    (130 -> 44 us per token with 4,096 tokens, 557 -> 154 us with 50,257; bench/, docs/performance.md).
+    """
     if k <= 0 or k >= logits.size(-1):
-        return logits
-    kth_best = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
-    return logits.masked_fill(logits < kth_best, NEG_INF)
+        return logits, None
+    return torch.topk(logits, k, dim=-1)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -305,10 +309,11 @@ def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> t
     if config.temperature != 1.0:
         # shift first: the best logit becomes 0, so even a tiny temperature cannot overflow to inf - inf
         logits = (logits - logits.amax(-1, keepdim=True)) / config.temperature
-    logits = top_k_filter(logits, config.top_k)
+    logits, token_ids = top_k_candidates(logits, config.top_k)  # (B, k) or (B, V)
     logits = top_p_filter(logits, config.top_p)
     logits = min_p_filter(logits, config.min_p)
-    return sample_from(logits.softmax(-1), generator)
+    picked = sample_from(logits.softmax(-1), generator)  # (B,): an index into the candidates
+    return picked if token_ids is None else token_ids.gather(1, picked[:, None]).squeeze(1)
 
 
 def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

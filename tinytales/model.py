@@ -80,6 +80,43 @@ def _swiglu_hidden(n_embd: int) -> int:
     return 32 * math.ceil(hidden / 32)
 
 
+TRANSPOSED_WEIGHT_MIN_BYTES = 16 * 2**20  # several rows use the transposed copy only from this size on
+
+
+class Linear(nn.Linear):
+    """nn.Linear that decodes faster on CPU: without gradients, one row (or a few with a large matrix)
+    is multiplied by a cached contiguous (in, out) copy of the float32 weight.
+
+    MKL's float32 matrix-vector product over the (out, in) weight is slow on CPU: 6.4 ms against
+    1.8 ms for the copy with GPT-2's 50K-vocabulary output matrix, 15-40 % on the layers' matrices
+    (bench/, docs/performance.md). With 4 or 8 rows and small matrices the plain product is as fast.
+    The copy is rebuilt whenever the weight changes (a new tensor or an in-place update) and costs
+    one more copy of the weights in memory while decoding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or weight.dtype != torch.float32
+                or x.dtype != torch.float32):
+            return F.linear(x, weight, self.bias)
+        rows = x.numel() // x.size(-1)
+        if rows > 1 and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
+            return F.linear(x, weight, self.bias)
+        cached = self.__dict__.get("_weight_t")
+        if cached is None or not _same_version(cached[0], cached[1], weight):
+            # hold the source tensor so that its memory cannot be reused by another weight meanwhile
+            cached = (weight.detach(), weight._version, weight.detach().t().contiguous())  # (in, out)
+            self.__dict__["_weight_t"] = cached
+        flat = x.reshape(rows, x.size(-1))
+        out = flat @ cached[2] if self.bias is None else torch.addmm(self.bias, flat, cached[2])
+        return out.view(*x.shape[:-1], weight.size(0))
+
+
+def _same_version(source: torch.Tensor, version: int, weight: torch.Tensor) -> bool:
+    return (source.data_ptr() == weight.data_ptr() and version == weight._version
+            and source.dtype == weight.dtype and source.device == weight.device and source.shape == weight.shape)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -98,18 +135,19 @@ def make_norm(config: GPTConfig, dim: int | None = None) -> nn.Module:
 
 
 def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for rotating consecutive pairs (2i, 2i+1), as llama2.c does."""
+    """cos and sin (T, hs/2) for rotating consecutive pairs (2i, 2i+1), as llama2.c does."""
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)  # (hs/2,)
     angles = torch.outer(torch.arange(length).float(), freqs)  # (T, hs/2)
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, nh, T, hs); cos, sin: (T, hs/2)
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, nh, T, hs/2, 2)
-    real, imag = x_pairs[..., 0], x_pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[2i], x[2i+1]) of x (B, T, heads, hs) by rotation = cos + i sin (T, hs/2), complex64.
+
+    One complex product (real * cos - imag * sin, real * sin + imag * cos) for all heads at once.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, heads, hs/2)
+    return torch.view_as_real(pairs * rotation[:, None, :]).flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -152,10 +190,9 @@ class CausalSelfAttention(nn.Module):
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-        self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
         if config.qk_norm:
             self.q_norm = make_norm(config, config.head_dim)
             self.k_norm = make_norm(config, config.head_dim)
@@ -164,15 +201,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache: KVCache | None = None, key_padding_mask=None):
         B, T, C = x.size()
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        nh, nkv = self.n_head, self.n_kv_head
+        heads = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim)  # (B, T, heads, hs): q heads, k heads, v heads
+        qk, v = heads[:, :, :nh + nkv], heads[:, :, nh + nkv:]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            qk = torch.cat((self.q_norm(qk[:, :, :nh]), self.k_norm(qk[:, :, nh:])), dim=2)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, rope)  # queries and keys in one product
+        q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)  # (B, nh, T, hs), (B, nkv, T, hs)
+        v = v.transpose(1, 2)  # (B, nkv, T, hs)
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.store(self.layer, k, v)  # (B, nkv, past + T, hs)
@@ -186,8 +223,8 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout,
                 enable_gqa=self.n_kv_head != self.n_head,
             )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return dropout_if_training(self.proj(y), self.dropout, self.training)
 
 
 ATTENTION_CHUNK_BYTES = 2 * 2**20  # float32 scores per chunk of (sequence, head) rows: stays in cache
@@ -260,14 +297,18 @@ def _attention_mask(T: int, past: int, key_padding_mask, device):
     return allowed
 
 
+def dropout_if_training(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p, training=True) if p and training else x  # no call at all when decoding
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.activation = config.activation
-        self.fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.activation == "swiglu" else None
-        self.proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.gate = Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.activation == "swiglu" else None
+        self.proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
 
     def forward(self, x):
         if self.activation == "swiglu":
@@ -276,7 +317,7 @@ class MLP(nn.Module):
             h = F.relu(self.fc(x)).square()
         else:
             h = F.gelu(self.fc(x), approximate="tanh")
-        return self.dropout(self.proj(h))
+        return dropout_if_training(self.proj(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -292,7 +333,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-TRANSPOSED_OUTPUT_MIN_BYTES = 16 * 2**20  # below, several rows at once go faster through lm_head itself
 LOSS_CHUNK_ROWS = 128  # rows of logits alive at once in the training loss (bench/: 64-128 fastest on CPU)
 
 
@@ -355,11 +395,6 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     return total / (targets != -100).sum()
 
 
-def _same_version(source: torch.Tensor, version: int, weight: torch.Tensor) -> bool:
-    return (source.data_ptr() == weight.data_ptr() and version == weight._version
-            and source.dtype == weight.dtype and source.device == weight.device and source.shape == weight.shape)
-
-
 class GPT(nn.Module):
     loss_chunk_rows = LOSS_CHUNK_ROWS  # 0: the loss goes through full float32 logits (slower, more memory)
 
@@ -368,10 +403,10 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = nn.Embedding(config.context_length, config.n_embd) if config.position == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -411,11 +446,12 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
         x = self.tok_emb(idx)  # (B, T, C)
-        positions = torch.arange(start, start + T, device=idx.device)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.config.position == "rope" else None
-        x = self.drop(x)
+            x = x + self.pos_emb.weight[start:start + T]
+        rope = None
+        if self.config.position == "rope":
+            rope = torch.complex(self.rope_cos[start:start + T].float(), self.rope_sin[start:start + T].float())
+        x = dropout_if_training(x, self.dropout, self.training)
         for block in self.blocks:
             x = block(x, rope, cache, attention_mask)
         if cache is not None:
@@ -439,28 +475,7 @@ class GPT(nn.Module):
             return logits, loss
         if last_only:
             x = x[:, -1:, :]
-            if not torch.is_grad_enabled():
-                return self._decode_logits(x), None
         return self.lm_head(x), None
-
-    def _decode_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """lm_head for decoding: x (B, 1, C) times a cached contiguous (C, V) copy of the float32 weight.
-
-        On CPU, MKL's float32 matrix-vector product over the (V, C) weight is about 3x slower than the
-        vector-matrix product over its transpose (bench/: 6.4 -> 1.8 ms per token for GPT-2's 50K
-        vocabulary), the largest cost of a decoding step; for several rows it still wins with a
-        large vocabulary. The copy is rebuilt whenever the weight changes (new tensor or in-place update).
-        """
-        weight = self.lm_head.weight
-        rows = x.size(0) * x.size(1)
-        if weight.dtype != torch.float32 or (rows > 1 and weight.numel() * 4 < TRANSPOSED_OUTPUT_MIN_BYTES):
-            return self.lm_head(x)
-        cached = self.__dict__.get("_lm_head_t")
-        if cached is None or not _same_version(cached[0], cached[1], weight):
-            # hold the source tensor so that its memory cannot be reused by another weight meanwhile
-            cached = (weight.detach(), weight._version, weight.detach().t().contiguous())  # (C, V)
-            self.__dict__["_lm_head_t"] = cached
-        return x @ cached[2]  # (B, 1, V)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> KVCache:
         p = self.tok_emb.weight

@@ -254,10 +254,8 @@ def build_model(config: TrainConfig, tokenizer, device) -> tuple[GPT, dict]:
                 raise ValueError(f"--init-from keeps the model's architecture; cannot change {others} "
                                  f"(drop those settings or the preset)")
             if dropout is not None:
-                for module in model.modules():
-                    if isinstance(module, torch.nn.Dropout):
-                        module.p = dropout
-                    elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+                for module in model.modules():  # GPT, attention and MLP keep their dropout rate as a float
+                    if isinstance(getattr(module, "dropout", None), (int, float)):
                         module.dropout = dropout
                 model.config.dropout = dropout
         return model.to(device), loaded.card
