@@ -95,8 +95,8 @@ def test_decoding_linears_match_the_plain_product_and_follow_weight_changes():
             return model(rows, last_only=True)[0].detach()
 
     with torch.no_grad():
-        for rows in (idx[:1, :1], idx[:1], idx):  # one token: the transposed copies everywhere; one row: in
-            fast, _ = model(rows, last_only=True)  # lm_head; several rows, small matrices: F.linear
+        for rows in (idx[:1, :1], idx[:1], idx):  # one token: the transposed copies everywhere; 5 rows: only
+            fast, _ = model(rows, last_only=True)  # in lm_head; 15 rows, small matrices: F.linear
             torch.testing.assert_close(fast, plain_logits(rows), atol=1e-6, rtol=1e-5)
         assert "_weight_t" in model.lm_head.__dict__ and "_weight_t" in model.blocks[0].attn.qkv.__dict__
         token = idx[:1, :1]

@@ -125,3 +125,20 @@ def test_tune_allocator_sets_glibc_thresholds_once():
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
     assert tune_allocator() is expected  # idempotent
+
+
+def test_kv_cache_reorder_continues_the_reordered_rows():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=2, n_embd=16, position="rope")).eval()
+    idx = torch.randint(0, 50, (3, 9))
+    with torch.no_grad():
+        cache = model.new_cache(3)
+        model(idx[:, :8], cache=cache)
+        for order in ([2, 0, 0], [0, 1, 2], [1, 0, 2]):  # duplicates, identity (nothing moves), a swap
+            index = torch.tensor(order)
+            idx = idx[index]
+            cache.reorder(index)
+            continued, _ = model(idx[:, 8:9], cache=cache)
+            cache.length -= 1  # feed the same position again after the next reorder
+            full, _ = model(idx)
+            torch.testing.assert_close(continued[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

@@ -80,16 +80,18 @@ def _swiglu_hidden(n_embd: int) -> int:
     return 32 * math.ceil(hidden / 32)
 
 
-TRANSPOSED_WEIGHT_MIN_BYTES = 16 * 2**20  # several rows use the transposed copy only from this size on
+TRANSPOSED_WEIGHT_MAX_ROWS = 4  # up to this many rows (beam search: 4 beams) use the transposed copy
+TRANSPOSED_WEIGHT_MIN_BYTES = 16 * 2**20  # more rows use it only from this matrix size on
 
 
 class Linear(nn.Linear):
-    """nn.Linear that decodes faster on CPU: without gradients, one row (or a few with a large matrix)
-    is multiplied by a cached contiguous (in, out) copy of the float32 weight.
+    """nn.Linear that decodes faster on CPU: without gradients, up to 4 rows (more with a large matrix)
+    are multiplied by a cached contiguous (in, out) copy of the float32 weight.
 
     MKL's float32 matrix-vector product over the (out, in) weight is slow on CPU: 6.4 ms against
-    1.8 ms for the copy with GPT-2's 50K-vocabulary output matrix, 15-40 % on the layers' matrices
-    (bench/, docs/performance.md). With 4 or 8 rows and small matrices the plain product is as fast.
+    1.8 ms for the copy with GPT-2's 50K-vocabulary output matrix, 15-40 % on the layers' matrices,
+    ~20 % on beam search with 4 beams (bench/, docs/performance.md). With 8 rows and small matrices
+    the plain product is as fast.
     The copy is rebuilt whenever the weight changes (a new tensor or an in-place update) and costs
     one more copy of the weights in memory while decoding.
     """
@@ -100,7 +102,7 @@ class Linear(nn.Linear):
                 or x.dtype != torch.float32):
             return F.linear(x, weight, self.bias)
         rows = x.numel() // x.size(-1)
-        if rows > 1 and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
+        if rows > TRANSPOSED_WEIGHT_MAX_ROWS and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
             return F.linear(x, weight, self.bias)
         cached = self.__dict__.get("_weight_t")
         if cached is None or not _same_version(cached[0], cached[1], weight):
@@ -178,8 +180,15 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def reorder(self, batch_index: torch.Tensor) -> None:
-        self.keys = self.keys.index_select(1, batch_index)
-        self.values = self.values.index_select(1, batch_index)
+        """Row b takes row batch_index[b]'s keys and values; only rows that change and filled positions are copied."""
+        moved = [row for row, source in enumerate(batch_index.tolist()) if source != row]
+        if not moved:
+            return
+        targets = torch.tensor(moved, device=self.keys.device)
+        sources = batch_index.to(self.keys.device)[targets]
+        filled = self.length
+        for store in (self.keys, self.values):  # (layers, B, nkv, max_length, hs)
+            store[:, targets, :, :filled] = store[:, sources, :, :filled]  # the right side is a copy: overlaps are safe
 
 
 class CausalSelfAttention(nn.Module):
