@@ -142,3 +142,27 @@ def test_kv_cache_reorder_continues_the_reordered_rows():
             cache.length -= 1  # feed the same position again after the next reorder
             full, _ = model(idx)
             torch.testing.assert_close(continued[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False, "n_kv_head": 1},
+    {"activation": "relu2", "qk_norm": True, "tie_embeddings": False},
+])
+@pytest.mark.parametrize("batch", [1, 6])  # 6 rows: the small products go through F.linear
+def test_single_token_step_equals_the_module_path(options, batch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=2, n_embd=16, **options)).eval()
+    idx = torch.randint(0, 50, (batch, 12))
+    full, _ = model(idx)  # gradients on: the module path
+    with torch.no_grad():
+        cache = model.new_cache(batch)
+        model(idx[:, :5], cache=cache)
+        assert model.can_step(idx[:, 5:6], cache) and not model.can_step(idx[:, 5:7], cache)
+        steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
+    assert cache.step_weights is not None and cache.length == 12
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 5:].detach(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        cache.length = 32
+        with torch.no_grad():
+            model(idx[:, :1], cache=cache)

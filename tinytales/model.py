@@ -6,6 +6,7 @@ grouped-query attention, QK-norm) so that llama2.c models run in the same engine
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -97,26 +98,36 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or weight.dtype != torch.float32
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32
                 or x.dtype != torch.float32):
-            return F.linear(x, weight, self.bias)
-        rows = x.numel() // x.size(-1)
-        if rows > TRANSPOSED_WEIGHT_MAX_ROWS and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
-            return F.linear(x, weight, self.bias)
+            return F.linear(x, self.weight, self.bias)
+        return self.decode(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], self.out_features)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in) float32 on CPU, without gradients (the caller's promise): the product, fastest way."""
+        return decode_product(x, self.weight, self.transposed_weight(), self.bias)
+
+    def transposed_weight(self) -> torch.Tensor:
+        """The cached contiguous (in, out) copy of the weight, rebuilt when the weight has changed."""
+        weight = self.weight
         cached = self.__dict__.get("_weight_t")
         if cached is None or not _same_version(cached[0], cached[1], weight):
             # hold the source tensor so that its memory cannot be reused by another weight meanwhile
             cached = (weight.detach(), weight._version, weight.detach().t().contiguous())  # (in, out)
             self.__dict__["_weight_t"] = cached
-        flat = x.reshape(rows, x.size(-1))
-        out = flat @ cached[2] if self.bias is None else torch.addmm(self.bias, flat, cached[2])
-        return out.view(*x.shape[:-1], weight.size(0))
+        return cached[2]
+
+
+def decode_product(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None):
+    """x (N, in) times the weight (out, in) + bias, through weight_t = weight.T (contiguous) for few rows."""
+    if x.size(0) > TRANSPOSED_WEIGHT_MAX_ROWS and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
+        return F.linear(x, weight, bias)
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
 
 
 def _same_version(source: torch.Tensor, version: int, weight: torch.Tensor) -> bool:
-    return (source.data_ptr() == weight.data_ptr() and version == weight._version
-            and source.dtype == weight.dtype and source.device == weight.device and source.shape == weight.shape)
+    # a new tensor (load, .to(), .data = ...) has new memory; an in-place update bumps the version
+    return source.data_ptr() == weight.data_ptr() and version == weight._version and source.shape == weight.shape
 
 
 class RMSNorm(nn.Module):
@@ -165,6 +176,7 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.max_length = max_length
+        self.step_weights = None  # GPT.step's gathered weights, made at the first step
 
     @property
     def batch_size(self) -> int:
@@ -208,17 +220,21 @@ class CausalSelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, key_padding_mask=None):
-        B, T, C = x.size()
+    def _heads(self, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, nh, T, hs), k and v (B, nkv, T, hs) from the qkv projection (B, T, (nh + 2 nkv) hs)."""
+        B, T, _ = qkv.shape
         nh, nkv = self.n_head, self.n_kv_head
-        heads = self.qkv(x).view(B, T, nh + 2 * nkv, self.head_dim)  # (B, T, heads, hs): q heads, k heads, v heads
+        heads = qkv.view(B, T, nh + 2 * nkv, self.head_dim)  # (B, T, heads, hs): q heads, k heads, v heads
         qk, v = heads[:, :, :nh + nkv], heads[:, :, nh + nkv:]
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :, :nh]), self.k_norm(qk[:, :, nh:])), dim=2)
         if rope is not None:
             qk = apply_rope(qk, rope)  # queries and keys in one product
-        q, k = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2)  # (B, nh, T, hs), (B, nkv, T, hs)
-        v = v.transpose(1, 2)  # (B, nkv, T, hs)
+        return qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, key_padding_mask=None):
+        B, T, C = x.size()
+        q, k, v = self._heads(self.qkv(x), rope)
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.store(self.layer, k, v)  # (B, nkv, past + T, hs)
@@ -320,13 +336,17 @@ class MLP(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x):
-        if self.activation == "swiglu":
-            h = F.silu(self.gate(x)) * self.fc(x)
-        elif self.activation == "relu2":
-            h = F.relu(self.fc(x)).square()
-        else:
-            h = F.gelu(self.fc(x), approximate="tanh")
-        return dropout_if_training(self.proj(h), self.dropout, self.training)
+        return dropout_if_training(self.proj(activate(self.activation, x, self.fc, self.gate)), self.dropout,
+                                   self.training)
+
+
+def activate(activation: str, x: torch.Tensor, up, gate) -> torch.Tensor:
+    """The MLP's hidden layer from its up (fc) and gate projections (callables: a Linear, or GPT.step's products)."""
+    if activation == "swiglu":
+        return F.silu(gate(x)) * up(x)
+    if activation == "relu2":
+        return F.relu(up(x)).square()
+    return F.gelu(up(x), approximate="tanh")
 
 
 class Block(nn.Module):
@@ -340,6 +360,35 @@ class Block(nn.Module):
     def forward(self, x, rope=None, cache=None, key_padding_mask=None):
         x = x + self.attn(self.norm1(x), rope, cache, key_padding_mask)
         return x + self.mlp(self.norm2(x))
+
+
+class _StepWeights:
+    """What GPT.step reads, gathered once: per layer its norms bound to their parameters, the attention
+    module (for its head layout and QK-norm) and the products bound to the transposed weights."""
+
+    def __init__(self, model: "GPT"):
+        def product(linear: Linear | None):
+            if linear is None:
+                return None
+            bias = None if linear.bias is None else linear.bias.detach()
+            return functools.partial(decode_product, weight=linear.weight.detach(),
+                                     weight_t=linear.transposed_weight(), bias=bias)
+
+        self.layers = [(bound_norm(block.norm1), product(block.attn.qkv), block.attn, product(block.attn.proj),
+                        bound_norm(block.norm2), product(block.mlp.fc), product(block.mlp.gate),
+                        product(block.mlp.proj), block.mlp.activation) for block in model.blocks]
+        self.norm_f = bound_norm(model.norm_f)
+        self.lm_head = product(model.lm_head)
+
+
+def bound_norm(norm: nn.Module):
+    """The norm as a function of x alone (its parameters bound), for GPT.step."""
+    weight = norm.weight.detach()
+    if isinstance(norm, RMSNorm):
+        return functools.partial(F.rms_norm, normalized_shape=(weight.size(0),), weight=weight, eps=norm.eps)
+    bias = None if norm.bias is None else norm.bias.detach()
+    return functools.partial(F.layer_norm, normalized_shape=norm.normalized_shape, weight=weight, bias=bias,
+                             eps=norm.eps)
 
 
 LOSS_CHUNK_ROWS = 128  # rows of logits alive at once in the training loss (bench/: 64-128 fastest on CPU)
@@ -454,12 +503,7 @@ class GPT(nn.Module):
         if start + T > self.config.context_length:
             raise ValueError(
                 f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start:start + T]
-        rope = None
-        if self.config.position == "rope":
-            rope = torch.complex(self.rope_cos[start:start + T].float(), self.rope_sin[start:start + T].float())
+        x, rope = self._embed(idx, start)
         x = dropout_if_training(x, self.dropout, self.training)
         for block in self.blocks:
             x = block(x, rope, cache, attention_mask)
@@ -467,13 +511,60 @@ class GPT(nn.Module):
             cache.length += T
         return self.norm_f(x)
 
+    def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token (+ position) embeddings of idx (B, T) at positions start.., and the RoPE rotation (T, hs/2)."""
+        T = idx.size(-1)
+        x = F.embedding(idx, self.tok_emb.weight)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start:start + T]
+        rope = None
+        if self.config.position == "rope":
+            rope = torch.complex(self.rope_cos[start:start + T].float(), self.rope_sin[start:start + T].float())
+        return x, rope
+
+    def can_step(self, idx: torch.Tensor, cache: KVCache | None, attention_mask=None) -> bool:
+        """Whether forward takes the single-token decoding path (`step`) for these inputs."""
+        return (cache is not None and idx.size(1) == 1 and attention_mask is None and not torch.is_grad_enabled()
+                and idx.device.type == "cpu" and self.lm_head.weight.dtype == torch.float32)
+
+    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, 1, V) of one new token per row, idx (B, 1), through the cache: forward's arithmetic as
+        plain tensor calls, every product on the transposed weights (`Linear.transposed_weight`).
+
+        forward takes this path by itself when decoding on CPU (`can_step`). At batch 1 the module path
+        spends as long on Python (module calls, attribute lookups, checks) as on arithmetic; this one is
+        about 1.5-2x faster (bench/, docs/performance.md). The weights it reads are gathered at the
+        cache's first step and kept with the cache, which is only valid for the weights that filled it.
+        tests/test_model.py checks that both paths agree for every architecture option.
+        """
+        start = cache.length
+        if start + 1 > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + 1} tokens is longer than the model's context of {self.config.context_length}")
+        weights = cache.step_weights
+        if weights is None:
+            weights = cache.step_weights = _StepWeights(self)
+        x, rope = self._embed(idx, start)
+        x = x.view(idx.size(0), -1)  # (B, C)
+        for norm1, qkv, attn, proj, norm2, up, gate, down, activation in weights.layers:
+            q, k, v = attn._heads(qkv(norm1(x))[:, None, :], rope)  # (B, heads, 1, hs)
+            k, v = cache.store(attn.layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_head != attn.n_head)  # (B, nh, 1, hs)
+            x = x + proj(y.view(x.shape))
+            x = x + down(activate(activation, norm2(x), up, gate))
+        cache.length += 1
+        return weights.lm_head(weights.norm_f(x))[:, None, :]
+
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
         """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) the mean loss instead.
 
         With targets the logits are None: the loss is computed chunk by chunk from the hidden states
         (`chunked_cross_entropy`) and the (B, T, V) logits never exist; `loss_chunk_rows = 0` restores
         the plain path that returns them too. Targets equal to -100 (padding) are ignored by the loss.
+        One new token per row with a cache, on CPU without gradients, goes through `step`.
         """
+        if targets is None and self.can_step(idx, cache, attention_mask):
+            return self.step(idx, cache), None
         x = self.hidden_states(idx, cache, attention_mask)
         if targets is not None:
             if self.loss_chunk_rows:
