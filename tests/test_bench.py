@@ -1,3 +1,4 @@
+import math
 """The benchmarks (bench/): each runs for one tiny iteration and writes its JSON; the CLI delegates to them.
 
 Also the speed fix they measure: the chunked cross entropy of tinytales.model gives the plain loss
@@ -222,3 +223,12 @@ def test_cli_bench_runs_python_m_bench_and_streams_its_output(tmp_path):
     assert row["source"] == "valid" and row["tokenizer"] == "4k"
     assert row["documents"] > 800 and row["tokens"] > row["documents"]
     assert 0 < row["prepare_mb_per_s"] <= row["read_clean_mb_per_s"]
+
+
+def test_chunked_loss_stays_finite_when_the_target_probability_underflows():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    weight = torch.tensor([[500.0, 0.0], [0.0, 500.0], [-500.0, 0.0]])  # p(target) = exp(-1000): 0 in float32
+    loss = chunked_cross_entropy(x, weight, torch.tensor([2, 0]), 1)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny), rel=1e-5)  # both capped: 87.34
+    assert torch.isfinite(x.grad).all()
