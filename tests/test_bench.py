@@ -1,4 +1,3 @@
-import math
 """The benchmarks (bench/): each runs for one tiny iteration and writes its JSON; the CLI delegates to them.
 
 Also the speed fix they measure: the chunked cross entropy of tinytales.model gives the plain loss
@@ -7,6 +6,7 @@ and its gradients.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
