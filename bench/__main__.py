@@ -93,11 +93,13 @@ def report(folder: Path) -> str:
                          f"{row['ratio']:.2f}x | {tt['gflops_per_s']:.1f} / {hf['gflops_per_s']:.1f} | "
                          f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} |")
         if data["levers"]:
-            lines += ["", "| lever | config | tok/s | vs its default | peak RSS MB |",
-                      "|---|---|---:|---:|---:|"]
+            lines += ["", "| lever | config | tok/s | default tok/s (paired runs) | vs default | peak RSS MB |",
+                      "|---|---|---:|---:|---:|---:|"]
             for row in data["levers"]:
+                default = row.get("default_tokens_per_s")
                 lines.append(f"| {row['lever']} | {row['config']} | {row['tokens_per_s']:,.0f} | "
-                             f"{row['vs_default']:.2f}x | {row['peak_rss_mb']:,.0f} |")
+                             f"{'' if default is None else f'{default:,.0f}'} | {row['vs_default']:.2f}x | "
+                             f"{row['peak_rss_mb']:,.0f} |")
         lines.append("")
     path = Path(folder) / "generate.json"
     if path.exists():
