@@ -26,11 +26,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated model configs: seed, 4k-d256, 4k-d128, tiny (default: the issue's)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per process")
     parser.add_argument("--no-levers", action="store_true", help="skip the lever measurements (one setting changed at a time)")
+    parser.add_argument("--lever-reps", type=int, default=2,
+                        help="pairs (lever process, default process) per training lever, median ratio (default 2)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per generation (default 200)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args(argv)
-    for name in ("threads", "reps", "steps", "new_tokens"):
+    for name in ("threads", "reps", "steps", "new_tokens", "lever_reps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
     for name in which:
         if name == "train":
             result = train_speed.run(configs, reps=reps, threads=threads, levers=not (quick or args.no_levers),
-                                     steps=args.steps or (1 if quick else None), warmup=0 if quick else None)
+                                     steps=args.steps or (1 if quick else None), warmup=0 if quick else None,
+                                     lever_reps=args.lever_reps)
         elif name == "generate":
             result = generate_speed.run(configs, reps=reps, threads=threads,
                                         new_tokens=args.new_tokens or (5 if quick else generate_speed.NEW_TOKENS),

@@ -260,8 +260,9 @@ class _CausalAttentionCPU(torch.autograd.Function):
 
     On CPU, SDPA's flash kernel runs the backward pass of these small heads at ~17 GFLOP/s
     (bench/: 27 ms per layer for 16 x 4 heads x 256 positions x 64 in bf16). Here each chunk is
-    batched matmuls in the inputs' dtype (bf16 under autocast) and a float32 softmax, the same
-    arithmetic as SDPA's math path, with the chunk's scores (~2 MB) kept in cache. The
+    batched matmuls in the inputs' dtype (bf16 under autocast) with the scale and mask in their
+    epilogue, and softmax and its backward accumulating in float32, the arithmetic of SDPA's math
+    path up to bf16 rounding, with the chunk's scores (~2 MB) kept in cache. The
     probabilities are kept for backward in the inputs' dtype (B x nh x T x T: 8 MB per layer
     for 16 x 4 x 256 x 256 in bf16), which is what makes backward plain matmuls.
     """
@@ -270,14 +271,14 @@ class _CausalAttentionCPU(torch.autograd.Function):
     def forward(ctx, q, k, v):
         B, H, T, D = q.shape
         q, k, v = q.reshape(B * H, T, D), k.reshape(B * H, T, D), v.reshape(B * H, T, D)
-        acc = torch.promote_types(q.dtype, torch.float32)  # softmax dtype: float32 for bf16/fp16/fp32
-        bias = torch.full((T, T), float("-inf"), dtype=acc, device=q.device).triu_(1)  # (T, T) causal mask
+        bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # causal mask
         rows = max(1, ATTENTION_CHUNK_BYTES // (T * T * 4))
         out = torch.empty_like(q)
         probs = torch.empty(B * H, T, T, dtype=q.dtype, device=q.device)
         for start in range(0, B * H, rows):
             r = slice(start, start + rows)
-            scores = torch.bmm(q[r], k[r].transpose(1, 2)).to(acc).mul_(D ** -0.5).add_(bias)  # (n, T, T)
+            # scale and mask in the product's epilogue; softmax accumulates in float32 for bf16 inputs
+            scores = torch.baddbmm(bias, q[r], k[r].transpose(1, 2), alpha=D ** -0.5)  # (n, T, T)
             probs[r] = scores.softmax(-1)
             torch.bmm(probs[r], v[r], out=out[r])
         ctx.save_for_backward(q, k, v, probs)
@@ -290,17 +291,16 @@ class _CausalAttentionCPU(torch.autograd.Function):
         BH, T, D = q.shape
         grad_out = grad_out.reshape(BH, T, D).to(q.dtype)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        acc = torch.promote_types(q.dtype, torch.float32)
         for start in range(0, BH, ctx.rows):
             r = slice(start, start + ctx.rows)
             p = probs[r]
             torch.bmm(p.transpose(1, 2), grad_out[r], out=grad_v[r])
-            grad_p = torch.bmm(grad_out[r], v[r].transpose(1, 2)).to(acc)  # (n, T, T)
-            p = p.to(acc, copy=True)
-            # softmax backward: p * (dp - sum(dp * p)); then the 1/sqrt(hs) of the scores
-            grad_s = p.mul_(grad_p.sub_((grad_p * p).sum(-1, keepdim=True))).mul_(D ** -0.5).to(q.dtype)
-            torch.bmm(grad_s, k[r], out=grad_q[r])
-            torch.bmm(grad_s.transpose(1, 2), q[r], out=grad_k[r])
+            grad_p = torch.bmm(grad_out[r], v[r].transpose(1, 2))  # (n, T, T)
+            # softmax backward, p * (dp - sum(dp * p)), fused (float32 inside for bf16)
+            grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+            # the scores' 1/sqrt(hs) in the products' epilogue (beta=0: the output's old values are ignored)
+            torch.baddbmm(grad_q[r], grad_s, k[r], beta=0, alpha=D ** -0.5, out=grad_q[r])
+            torch.baddbmm(grad_k[r], grad_s.transpose(1, 2), q[r], beta=0, alpha=D ** -0.5, out=grad_k[r])
         return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape)
 
 
