@@ -132,11 +132,6 @@ def measure(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------- the benchmark
 
-def base_spec(spec: dict) -> dict:
-    """The spec with the lever's settings undone: the implementation's defaults, same steps."""
-    return {k: spec[k] for k in ("config", "threads", "steps", "warmup", "impl")}
-
-
 def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, levers: bool = True,
         steps: int | None = None, warmup: int | None = None, lever_reps: int = 2) -> dict:
     """Alternate TinyTales and transformers processes per config; medians, ratios, then the levers."""
@@ -167,14 +162,16 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, lever
                 if name not in done:
                     continue
                 default_warmup, default_steps = step_counts(name)
-                spec = {"config": name, "threads": threads, "steps": steps or default_steps,
-                        "warmup": default_warmup if warmup is None else warmup, "impl": "tinytales", **change}
+                default_spec = {"config": name, "threads": threads, "steps": steps or default_steps,
+                                "warmup": default_warmup if warmup is None else warmup,
+                                "impl": change.get("impl", "tinytales")}
+                spec = {**default_spec, **change}
                 # each lever process is paired with a default process started right after it: on a shared
                 # machine whose speed drifts, the ratio within a pair is what holds
                 pairs = []
                 for _ in range(lever_reps):
                     result = run_worker("train_speed", spec, timeout=900)
-                    default = run_worker("train_speed", base_spec(spec), timeout=900)
+                    default = run_worker("train_speed", {**default_spec, "warmup": spec["warmup"]}, timeout=900)
                     pairs.append((result, default))
                 result = pairs[len(pairs) // 2][0]
                 lever_rows.append({"lever": label, "config": name, "impl": spec["impl"], "settings": change,
