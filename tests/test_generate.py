@@ -382,6 +382,10 @@ def test_sampling_with_top_k_and_top_p_draws_only_from_the_filtered_tokens_in_pr
     counts = torch.bincount(drawn, minlength=6) / len(drawn)
     torch.testing.assert_close(counts[[1, 3, 4]], kept, atol=0.015, rtol=0)
     assert counts[[0, 2, 5]].sum() == 0
+    # temperature 0.5 squares the probabilities; top-k 2 keeps ids 1 and 3: 0.16 : 0.0625
+    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0, temperature=0.5), generator)
+    counts = torch.bincount(drawn, minlength=6) / len(drawn)
+    torch.testing.assert_close(counts[[1, 3]], torch.tensor([0.16, 0.0625]) / 0.2225, atol=0.015, rtol=0)
 
 
 def test_top_p_filter_keeps_the_smallest_nucleus():

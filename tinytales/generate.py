@@ -303,13 +303,15 @@ class _Decoding:
 
 
 def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> torch.Tensor:
-    """The next token (B,) of each row: argmax, or a draw after temperature, top-k, top-p and min-p."""
+    """The next token (B,) of each row: argmax, or a draw after top-k, temperature, top-p and min-p."""
     if config.greedy:
         return logits.argmax(-1)
+    # top-k first: a temperature > 0 keeps the order of the logits, so the k best are the same, and the
+    # temperature then divides k values instead of the vocabulary
+    logits, token_ids = top_k_candidates(logits, config.top_k)  # (B, k) or (B, V)
     if config.temperature != 1.0:
         # shift first: the best logit becomes 0, so even a tiny temperature cannot overflow to inf - inf
         logits = (logits - logits.amax(-1, keepdim=True)) / config.temperature
-    logits, token_ids = top_k_candidates(logits, config.top_k)  # (B, k) or (B, V)
     logits = top_p_filter(logits, config.top_p)
     logits = min_p_filter(logits, config.min_p)
     picked = sample_from(logits.softmax(-1), generator)  # (B,): an index into the candidates
