@@ -101,11 +101,8 @@ class Linear(nn.Linear):
         if (torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32
                 or x.dtype != torch.float32):
             return F.linear(x, self.weight, self.bias)
-        return self.decode(x.reshape(-1, x.size(-1))).view(*x.shape[:-1], self.out_features)
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in) float32 on CPU, without gradients (the caller's promise): the product, fastest way."""
-        return decode_product(x, self.weight, self.transposed_weight(), self.bias)
+        rows = x.reshape(-1, x.size(-1))
+        return decode_product(rows, self.weight, self.transposed_weight(), self.bias).view(*x.shape[:-1], -1)
 
     def transposed_weight(self) -> torch.Tensor:
         """The cached contiguous (in, out) copy of the weight, rebuilt when the weight has changed."""
@@ -501,9 +498,7 @@ class GPT(nn.Module):
         """Final normalised hidden states (B, T, C) for token ids idx (B, T)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
+        self._check_length(start + T)
         x, rope = self._embed(idx, start)
         x = dropout_if_training(x, self.dropout, self.training)
         for block in self.blocks:
@@ -511,6 +506,11 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         return self.norm_f(x)
+
+    def _check_length(self, length: int) -> None:
+        if length > self.config.context_length:
+            raise ValueError(
+                f"sequence of {length} tokens is longer than the model's context of {self.config.context_length}")
 
     def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token (+ position) embeddings of idx (B, T) at positions start.., and the RoPE rotation (T, hs/2)."""
@@ -539,9 +539,7 @@ class GPT(nn.Module):
         tests/test_model.py checks that both paths agree for every architecture option.
         """
         start = cache.length
-        if start + 1 > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + 1} tokens is longer than the model's context of {self.config.context_length}")
+        self._check_length(start + 1)
         weights = cache.step_weights
         if weights is None:
             weights = cache.step_weights = _StepWeights(self)
