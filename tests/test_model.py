@@ -150,7 +150,9 @@ def test_kv_cache_reorder_continues_the_reordered_rows():
     {"activation": "relu2", "qk_norm": True, "tie_embeddings": False},
 ])
 @pytest.mark.parametrize("batch", [1, 6])  # 6 rows: the small products go through F.linear
-def test_single_token_step_equals_the_module_path(options, batch):
+@pytest.mark.parametrize("c_step", [True, False])  # the C step where it is built, and the PyTorch one
+def test_single_token_step_equals_the_module_path(options, batch, c_step, monkeypatch):
+    monkeypatch.setattr(GPT, "c_step", c_step)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=2, n_embd=16, **options)).eval()
     idx = torch.randint(0, 50, (batch, 12))

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import decode_kernel
+
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu", "relu2")
 POSITIONS = ("learned", "rope")
@@ -453,6 +455,7 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
 
 class GPT(nn.Module):
     loss_chunk_rows = LOSS_CHUNK_ROWS  # 0: the loss goes through full float32 logits (slower, more memory)
+    c_step = True  # False: `step` runs as PyTorch tensor calls even where the C step (decode_kernel) is built
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -542,7 +545,11 @@ class GPT(nn.Module):
         self._check_length(start + 1)
         weights = cache.step_weights
         if weights is None:
-            weights = cache.step_weights = _StepWeights(self)
+            weights = cache.step_weights = self._step_weights(cache)
+        if isinstance(weights, decode_kernel.KernelWeights):
+            logits = weights.step(idx, cache)  # the C step (tinytales/_decode.c)
+            cache.length += 1
+            return logits
         x, rope = self._embed(idx, start)
         x = x.view(idx.size(0), -1)  # (B, C)
         for norm1, qkv, attn, proj, norm2, up, gate, down, activation in weights.layers:
@@ -553,6 +560,12 @@ class GPT(nn.Module):
             x = x + down(activate(activation, norm2(x), up, gate))
         cache.length += 1
         return weights.lm_head(weights.norm_f(x))[:, None, :]
+
+    def _step_weights(self, cache: KVCache):
+        """What `step` reads, gathered once per cache: the C step's weights where it can run, else _StepWeights."""
+        if self.c_step and decode_kernel.usable(self, cache):
+            return decode_kernel.KernelWeights(self)
+        return _StepWeights(self)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
         """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) the mean loss instead.

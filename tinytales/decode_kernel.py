@@ -1,0 +1,133 @@
+"""The single-token decoding step in C (`tinytales/_decode.c`), called through ctypes.
+
+`GPT.step` uses it when it was built (`pip install` compiles it where a C compiler exists; it is
+optional) and the model and cache are float32 on the CPU; otherwise `GPT.step` runs its PyTorch
+tensor calls. Both compute forward's arithmetic: tests/test_decode_kernel.py checks them against
+each other for every architecture option. `GPT.decode_kernel = False` turns the C step off
+(bench/ measures both).
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+
+import torch
+
+NORMS = {"layernorm": 0, "rmsnorm": 1}
+ACTIVATIONS = {"gelu": 0, "swiglu": 1, "relu2": 2}
+_FLOAT_P = ctypes.POINTER(ctypes.c_float)
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _FLOAT_P) for name in (
+        "norm1_w", "norm1_b", "qkv_w", "qkv_b", "q_norm_w", "q_norm_b", "k_norm_w", "k_norm_b", "proj_w", "proj_b",
+        "norm2_w", "norm2_b", "fc_w", "fc_b", "gate_w", "gate_b", "down_w", "down_b")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [*[(name, ctypes.c_int32) for name in (
+        "n_layer", "n_head", "n_kv_head", "head_dim", "n_embd", "mlp_hidden", "vocab_size", "context_length",
+        "norm", "activation", "rope", "qk_norm")],
+        ("norm_eps", ctypes.c_float),
+        *[(name, _FLOAT_P) for name in (
+            "tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_f_w", "norm_f_b", "lm_head")],
+        ("layers", ctypes.POINTER(_Layer))]
+
+
+_library: ctypes.CDLL | None | bool = False  # False: not looked for yet; None: not built
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled step, or None when the extension was not built (no C compiler at install time)."""
+    global _library
+    if _library is False:
+        _library = None
+        spec = importlib.util.find_spec("tinytales._decode")
+        if spec is not None and spec.origin:
+            try:
+                lib = ctypes.CDLL(spec.origin)
+            except OSError:
+                return None
+            lib.tt_step.restype = ctypes.c_int
+            lib.tt_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32,
+                                    ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+                                    ctypes.c_void_p, ctypes.c_void_p]
+            lib.tt_work_floats_per_row.restype = ctypes.c_int64
+            lib.tt_work_floats_per_row.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
+            _library = lib
+    return _library
+
+
+def available() -> bool:
+    return library() is not None
+
+
+class KernelWeights:
+    """The model's weights as the C step reads them, gathered once per KV cache (like `_StepWeights`).
+
+    Holds the float32 contiguous tensors whose pointers the C structures carry, so they stay alive.
+    """
+
+    def __init__(self, model):
+        c = model.config
+        self.keep: list[torch.Tensor] = []
+
+        def ptr(tensor: torch.Tensor | None):
+            if tensor is None:
+                return None
+            tensor = tensor.detach().contiguous()
+            self.keep.append(tensor)
+            return ctypes.cast(tensor.data_ptr(), _FLOAT_P)
+
+        def norm(module) -> tuple:
+            return ptr(module.weight), ptr(getattr(module, "bias", None))
+
+        layers = (_Layer * c.n_layer)()
+        for layer, block in zip(layers, model.blocks):
+            attn, mlp = block.attn, block.mlp
+            layer.norm1_w, layer.norm1_b = norm(block.norm1)
+            layer.qkv_w, layer.qkv_b = ptr(attn.qkv.weight), ptr(attn.qkv.bias)
+            if attn.q_norm is not None:
+                layer.q_norm_w, layer.q_norm_b = norm(attn.q_norm)
+                layer.k_norm_w, layer.k_norm_b = norm(attn.k_norm)
+            layer.proj_w, layer.proj_b = ptr(attn.proj.weight), ptr(attn.proj.bias)
+            layer.norm2_w, layer.norm2_b = norm(block.norm2)
+            layer.fc_w, layer.fc_b = ptr(mlp.fc.weight), ptr(mlp.fc.bias)
+            if mlp.gate is not None:
+                layer.gate_w, layer.gate_b = ptr(mlp.gate.weight), ptr(mlp.gate.bias)
+            layer.down_w, layer.down_b = ptr(mlp.proj.weight), ptr(mlp.proj.bias)
+        self.layers = layers
+        rope = c.position == "rope"
+        self.model = _Model(
+            c.n_layer, c.n_head, c.n_kv_head, c.head_dim, c.n_embd, c.mlp_hidden, c.vocab_size, c.context_length,
+            NORMS[c.norm], ACTIVATIONS[c.activation], int(rope), int(c.qk_norm), c.norm_eps,
+            ptr(model.tok_emb.weight), ptr(model.pos_emb.weight if model.pos_emb is not None else None),
+            ptr(model.rope_cos if rope else None), ptr(model.rope_sin if rope else None),
+            *norm(model.norm_f), ptr(model.lm_head.weight), layers)
+        self.work: torch.Tensor | None = None  # (B, floats per row) scratch, made at the first step
+
+    def step(self, idx: torch.Tensor, cache) -> torch.Tensor:
+        """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
+        lib = library()
+        B, max_length = idx.size(0), cache.max_length
+        if self.work is None or self.work.size(0) != B:
+            per_row = lib.tt_work_floats_per_row(ctypes.byref(self.model), max_length)
+            self.work = torch.empty(B, per_row, dtype=torch.float32)
+        logits = torch.empty(B, 1, self.model.vocab_size, dtype=torch.float32)
+        status = lib.tt_step(ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, cache.length,
+                             cache.keys.data_ptr(), cache.values.data_ptr(), max_length, logits.data_ptr(),
+                             self.work.data_ptr())
+        if status != 0:
+            raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {self.model.vocab_size})"
+                             f" and position {cache.length} below the cache's {max_length} and the context")
+        return logits
+
+
+def usable(model, cache) -> bool:
+    """Whether the C step can run this model and cache: built, float32 contiguous weights and cache on the CPU."""
+    if not available():
+        return False
+    keys, values = cache.keys, cache.values
+    return (keys.dtype == values.dtype == torch.float32 and keys.is_contiguous() and values.is_contiguous()
+            and keys.device.type == "cpu" and all(p.dtype == torch.float32 and p.device.type == "cpu"
+                                                 for p in model.parameters()))
