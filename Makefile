@@ -8,13 +8,13 @@ TORCH ?= torch==2.13.0
 
 .PHONY: story test setup setup-dev clean
 
-$(BIN)/tinytales: pyproject.toml
+$(BIN)/tinytales: pyproject.toml setup.py tinytales/_decode.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml setup.py tinytales/_decode.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" -e ".[dev]"

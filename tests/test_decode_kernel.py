@@ -55,7 +55,7 @@ def test_c_step_equals_the_pytorch_step_and_the_full_forward(options, batch):
         full, _ = model(idx)
     c_logits, c_cache = stepped_logits(model, idx, 4, c_step=True)
     torch_logits, torch_cache = stepped_logits(model, idx, 4, c_step=False)
-    assert isinstance(c_cache.step_weights, decode_kernel.KernelWeights)
+    assert isinstance(c_cache.step_weights, decode_kernel.KernelStep)
     assert isinstance(torch_cache.step_weights, _StepWeights)
     torch.testing.assert_close(c_logits, torch_logits, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(c_logits, full[:, 4:], atol=2e-5, rtol=1e-5)
@@ -91,7 +91,7 @@ def test_c_step_follows_the_beam_search_reorder():
         cache = model.new_cache(3)
         model(idx[:, :8], cache=cache)
         model(idx[:, 8:9], cache=cache)  # the first step makes the kernel's weights
-        assert isinstance(cache.step_weights, decode_kernel.KernelWeights)
+        assert isinstance(cache.step_weights, decode_kernel.KernelStep)
         index = torch.tensor([2, 0, 0])
         cache.reorder(index)
         continued, _ = model(idx[index, 9:10], cache=cache)

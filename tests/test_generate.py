@@ -413,6 +413,14 @@ def test_top_p_filter_matches_a_full_sort_for_small_and_large_nuclei():
     assert int(top_p_filter(flat, 0.5).isfinite().sum()) == 500  # far more than the first guess of 256
 
 
+def test_top_p_filter_on_rows_sorted_best_first_keeps_the_same_nucleus():
+    torch.manual_seed(1)
+    for logits in (torch.randn(4, 50) * 3, torch.randn(4, 50) * 0.1):  # peaky and flat; no ties (any tie may go)
+        logits = logits.sort(dim=-1, descending=True).values  # as top-k returns its candidates
+        for top_p in (0.2, 0.5, 0.95):
+            assert torch.equal(top_p_filter(logits, top_p, descending=True), top_p_filter(logits, top_p))
+
+
 def test_sample_from_draws_with_the_given_probabilities():
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).repeat(8_000, 1)
     generator = torch.Generator().manual_seed(0)

@@ -168,3 +168,21 @@ def test_single_token_step_equals_the_module_path(options, batch, c_step, monkey
         cache.length = 32
         with torch.no_grad():
             model(idx[:, :1], cache=cache)
+
+
+def test_kv_cache_reorder_equals_index_select_for_any_beam_index():
+    import random
+
+    rng = random.Random(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=8, n_layer=2, n_head=2, n_embd=16))
+    for _ in range(300):  # duplicates, chains and cycles of moves (e.g. [1, 0]: a swap)
+        batch = rng.randint(1, 6)
+        cache = model.new_cache(batch)
+        cache.length = rng.randint(0, 8)
+        cache.keys.normal_(), cache.values.normal_()
+        index = torch.tensor([rng.randrange(batch) for _ in range(batch)])
+        filled = cache.length
+        expected = [store.index_select(1, index)[:, :, :, :filled].clone() for store in (cache.keys, cache.values)]
+        cache.reorder(index)
+        assert torch.equal(cache.keys[:, :, :, :filled], expected[0]), index
+        assert torch.equal(cache.values[:, :, :, :filled], expected[1]), index

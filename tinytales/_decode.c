@@ -38,6 +38,7 @@ enum { ACT_GELU = 0, ACT_SWIGLU = 1, ACT_RELU2 = 2 };
 
 typedef struct {
     const float *norm1_w, *norm1_b;
+    /* the products' weights are packed in tiles (see product); their biases are plain */
     const float *qkv_w, *qkv_b;                               /* ((nh + 2 nkv) hs, C) */
     const float *q_norm_w, *q_norm_b, *k_norm_w, *k_norm_b;   /* (hs,), qk_norm only */
     const float *proj_w, *proj_b;                             /* (C, C) */
@@ -55,7 +56,7 @@ typedef struct {
     const float *pos_emb;              /* (context, C), learned positions only */
     const float *rope_cos, *rope_sin;  /* (context, hs / 2), RoPE only */
     const float *norm_f_w, *norm_f_b;
-    const float *lm_head;              /* (V, C) */
+    const float *lm_head;              /* (V, C), packed */
     const Layer *layers;               /* (n_layer,) */
 } Model;
 
@@ -87,64 +88,73 @@ static void norm_row(const Model *m, const float *x, const float *w, const float
 
 /* ------------------------------------------------------------------------------------------ products */
 
-#define PREFETCH_BYTES 8192
+#define TILE 64             /* output rows per tile of a packed weight */
+#define PREFETCH_BYTES 8192 /* how far ahead of the product the weights are asked for */
 
-/* y[b, o] (+)= bias[o] + W[o, :] . x[b, :] for the output rows o in [o0, o1) of W (n_out, n_in), every row b. */
-HOT static void product(const float *W, const float *bias, const float *x, int64_t x_stride, float *y,
-                        int64_t y_stride, int B, int n_in, int o0, int o1, int accumulate) {
-    int o = o0;
-    for (; o + 4 <= o1; o += 4) {
-        const float *w0 = W + (int64_t)o * n_in, *w1 = w0 + n_in, *w2 = w1 + n_in, *w3 = w2 + n_in;
-        /* ask for the weights PREFETCH_BYTES ahead: the hardware prefetcher alone keeps up with fewer streams
-         * (bench: 44 -> 83 GB/s over the 50K x 256 output matrix, 2 threads) */
-        for (int j = 0; j < 4 * n_in; j += 16) __builtin_prefetch((const char *)(w0 + j) + PREFETCH_BYTES);
-        for (int b = 0; b < B; b++) {
-            const float *xb = x + b * x_stride;
-            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int i = 0; i < n_in; i++) {
-                a0 += w0[i] * xb[i];
-                a1 += w1[i] * xb[i];
-                a2 += w2[i] * xb[i];
-                a3 += w3[i] * xb[i];
-            }
-            float *yb = y + b * y_stride + o;
-            if (bias) { a0 += bias[o]; a1 += bias[o + 1]; a2 += bias[o + 2]; a3 += bias[o + 3]; }
-            if (accumulate) { yb[0] += a0; yb[1] += a1; yb[2] += a2; yb[3] += a3; }
-            else { yb[0] = a0; yb[1] = a1; yb[2] = a2; yb[3] = a3; }
+/* One tile: y[b, 0:TILE] (+)= bias + W_tile . x[b] for nb (1-4, a constant once inlined) rows b.
+ * w is the tile (n_in, TILE): for each input i the TILE weights of its outputs, contiguous, so the
+ * accumulators are plain vectors and no dot product ends in a horizontal sum. */
+static inline __attribute__((always_inline)) void tile_product(const float *w, const float *bias, const float *x,
+                                                               int64_t x_stride, float *y, int64_t y_stride,
+                                                               int n_in, int n_valid, int accumulate, const int nb) {
+    float acc[4][TILE] __attribute__((aligned(64))) = {{0}};
+    for (int i = 0; i < n_in; i++) {
+        const float *wi = w + (int64_t)i * TILE;
+        for (int k = 0; k < TILE * (int)sizeof(float); k += 64) __builtin_prefetch((const char *)wi + PREFETCH_BYTES + k);
+        for (int b = 0; b < nb; b++) {
+            const float xi = x[b * x_stride + i];
+#pragma omp simd
+            for (int j = 0; j < TILE; j++) acc[b][j] += xi * wi[j];
         }
     }
-    for (; o < o1; o++) {
-        const float *w = W + (int64_t)o * n_in;
-        for (int b = 0; b < B; b++) {
-            const float *xb = x + b * x_stride;
-            float a = 0.0f;
-#pragma omp simd reduction(+ : a)
-            for (int i = 0; i < n_in; i++) a += w[i] * xb[i];
-            if (bias) a += bias[o];
-            y[b * y_stride + o] = accumulate ? y[b * y_stride + o] + a : a;
+    for (int b = 0; b < nb; b++) {
+        float *yb = y + b * y_stride;
+        for (int j = 0; j < n_valid; j++) {
+            const float v = acc[b][j] + (bias ? bias[j] : 0.0f);
+            yb[j] = accumulate ? yb[j] + v : v;
         }
     }
 }
 
-/* This thread's share [*o0, *o1) of n_out output rows, in blocks of 4 (static schedule, no barrier). */
-static void my_rows(int n_out, int *o0, int *o1) {
+/* y[b, o] (+)= bias[o] + W[o, :] . x[b, :] for every row b and the outputs of tiles [t0, t1) of the packed
+ * weight W (tiles, n_in, TILE) (see tinytales.decode_kernel.pack: W's rows padded with zeros to whole tiles). */
+HOT static void product(const float *W, const float *bias, const float *x, int64_t x_stride, float *y,
+                        int64_t y_stride, int B, int n_in, int n_out, int t0, int t1, int accumulate) {
+    for (int t = t0; t < t1; t++) {
+        const float *w = W + (int64_t)t * n_in * TILE;
+        const int o = t * TILE, n_valid = n_out - o < TILE ? n_out - o : TILE;
+        const float *tile_bias = bias ? bias + o : NULL;
+        for (int b0 = 0; b0 < B; b0 += 4) {  /* four rows at a time share each load of the weights */
+            const float *xb = x + b0 * x_stride;
+            float *yb = y + b0 * y_stride + o;
+            switch (B - b0 < 4 ? B - b0 : 4) {
+                case 1: tile_product(w, tile_bias, xb, x_stride, yb, y_stride, n_in, n_valid, accumulate, 1); break;
+                case 2: tile_product(w, tile_bias, xb, x_stride, yb, y_stride, n_in, n_valid, accumulate, 2); break;
+                case 3: tile_product(w, tile_bias, xb, x_stride, yb, y_stride, n_in, n_valid, accumulate, 3); break;
+                default: tile_product(w, tile_bias, xb, x_stride, yb, y_stride, n_in, n_valid, accumulate, 4); break;
+            }
+        }
+    }
+}
+
+/* This thread's share [*t0, *t1) of the tiles of n_out output rows (static schedule, no barrier). */
+static void my_tiles(int n_out, int *t0, int *t1) {
 #ifdef _OPENMP
     const int threads = omp_get_num_threads(), me = omp_get_thread_num();
 #else
     const int threads = 1, me = 0;
 #endif
-    const int blocks = (n_out + 3) / 4, per = (blocks + threads - 1) / threads;
-    *o0 = me * per * 4 < n_out ? me * per * 4 : n_out;
-    *o1 = (me + 1) * per * 4 < n_out ? (me + 1) * per * 4 : n_out;
+    const int tiles = (n_out + TILE - 1) / TILE, per = (tiles + threads - 1) / threads;
+    *t0 = me * per < tiles ? me * per : tiles;
+    *t1 = (me + 1) * per < tiles ? (me + 1) * per : tiles;
 }
 
 /* Every thread computes its share of the output rows; the caller's barrier follows. */
 static void shared_product(const float *W, const float *bias, const float *x, int64_t x_stride, float *y,
                            int64_t y_stride, int B, int n_in, int n_out, int accumulate) {
-    int o0, o1;
-    my_rows(n_out, &o0, &o1);
-    if (o0 < o1) product(W, bias, x, x_stride, y, y_stride, B, n_in, o0, o1, accumulate);
+    int t0, t1;
+    my_tiles(n_out, &t0, &t1);
+    if (t0 < t1) product(W, bias, x, x_stride, y, y_stride, B, n_in, n_out, t0, t1, accumulate);
 }
 
 /* ------------------------------------------------------------------------------------------ attention */
@@ -250,12 +260,13 @@ int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t
 #pragma omp for schedule(static)
             for (int b = 0; b < B; b++) norm_row(m, work + b * row + X, L->norm2_w, L->norm2_b, work + b * row + XN, C);
             {
-                int o0, o1;
-                my_rows(H, &o0, &o1);
-                if (o0 < o1) {
-                    product(L->fc_w, L->fc_b, work + XN, row, work + UP, row, B, C, o0, o1, 0);
+                int t0, t1;
+                my_tiles(H, &t0, &t1);
+                const int o0 = t0 * TILE, o1 = t1 * TILE < H ? t1 * TILE : H;
+                if (t0 < t1) {
+                    product(L->fc_w, L->fc_b, work + XN, row, work + UP, row, B, C, H, t0, t1, 0);
                     if (m->activation == ACT_SWIGLU)
-                        product(L->gate_w, L->gate_b, work + XN, row, work + GATE, row, B, C, o0, o1, 0);
+                        product(L->gate_w, L->gate_b, work + XN, row, work + GATE, row, B, C, H, t0, t1, 0);
                     for (int b = 0; b < B; b++) {
                         float *up = work + b * row + UP, *gate = work + b * row + GATE;
                         for (int i = o0; i < o1; i++) {

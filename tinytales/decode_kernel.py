@@ -62,40 +62,60 @@ def available() -> bool:
     return library() is not None
 
 
-class KernelWeights:
-    """The model's weights as the C step reads them, gathered once per KV cache (like `_StepWeights`).
+TILE = 64  # output rows per tile of a packed weight (TILE in _decode.c)
 
-    Holds the float32 contiguous tensors whose pointers the C structures carry, so they stay alive.
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """A Linear weight (out, in) as the C products read it: (tiles, in, TILE), rows padded with zeros to whole tiles.
+
+    For each input the TILE weights of a tile's outputs are contiguous, so a product accumulates
+    whole vectors and never ends in a horizontal sum: 1.5-2x faster than dot products over the
+    (out, in) rows at batch 1 and 4x with 4 rows (beam search).
+    """
+    out, n_in = weight.shape
+    tiles = -(-out // TILE)
+    padded = torch.zeros(tiles * TILE, n_in, dtype=torch.float32)
+    padded[:out] = weight.detach()
+    return padded.view(tiles, TILE, n_in).transpose(1, 2).contiguous()  # (tiles, in, TILE)
+
+
+class KernelWeights:
+    """The model's weights as the C step reads them: the products' weights packed (`pack`), the rest as they are.
+
+    Made once per state of the weights and kept on the model (`weights_for`); it holds every tensor
+    whose pointer the C structures carry, so they stay alive. One more copy of the products' weights.
     """
 
     def __init__(self, model):
         c = model.config
         self.keep: list[torch.Tensor] = []
 
-        def ptr(tensor: torch.Tensor | None):
+        def ptr(tensor: torch.Tensor | None, packed: bool = False):
             if tensor is None:
                 return None
-            tensor = tensor.detach().contiguous()
+            tensor = pack(tensor) if packed else tensor.detach().contiguous()
             self.keep.append(tensor)
             return ctypes.cast(tensor.data_ptr(), _FLOAT_P)
 
         def norm(module) -> tuple:
             return ptr(module.weight), ptr(getattr(module, "bias", None))
 
+        def linear(module) -> tuple:
+            return (None, None) if module is None else (ptr(module.weight, packed=True), ptr(module.bias))
+
         layers = (_Layer * c.n_layer)()
         for layer, block in zip(layers, model.blocks):
             attn, mlp = block.attn, block.mlp
             layer.norm1_w, layer.norm1_b = norm(block.norm1)
-            layer.qkv_w, layer.qkv_b = ptr(attn.qkv.weight), ptr(attn.qkv.bias)
+            layer.qkv_w, layer.qkv_b = linear(attn.qkv)
             if attn.q_norm is not None:
                 layer.q_norm_w, layer.q_norm_b = norm(attn.q_norm)
                 layer.k_norm_w, layer.k_norm_b = norm(attn.k_norm)
-            layer.proj_w, layer.proj_b = ptr(attn.proj.weight), ptr(attn.proj.bias)
+            layer.proj_w, layer.proj_b = linear(attn.proj)
             layer.norm2_w, layer.norm2_b = norm(block.norm2)
-            layer.fc_w, layer.fc_b = ptr(mlp.fc.weight), ptr(mlp.fc.bias)
-            if mlp.gate is not None:
-                layer.gate_w, layer.gate_b = ptr(mlp.gate.weight), ptr(mlp.gate.bias)
-            layer.down_w, layer.down_b = ptr(mlp.proj.weight), ptr(mlp.proj.bias)
+            layer.fc_w, layer.fc_b = linear(mlp.fc)
+            layer.gate_w, layer.gate_b = linear(mlp.gate)
+            layer.down_w, layer.down_b = linear(mlp.proj)
         self.layers = layers
         rope = c.position == "rope"
         self.model = _Model(
@@ -103,22 +123,43 @@ class KernelWeights:
             NORMS[c.norm], ACTIVATIONS[c.activation], int(rope), int(c.qk_norm), c.norm_eps,
             ptr(model.tok_emb.weight), ptr(model.pos_emb.weight if model.pos_emb is not None else None),
             ptr(model.rope_cos if rope else None), ptr(model.rope_sin if rope else None),
-            *norm(model.norm_f), ptr(model.lm_head.weight), layers)
-        self.work: torch.Tensor | None = None  # (B, floats per row) scratch, made at the first step
+            *norm(model.norm_f), ptr(model.lm_head.weight, packed=True), layers)
+
+
+def _weights_state(model) -> tuple:
+    # a new tensor (load, .to(), .data = ...) has new memory; an in-place update bumps the version
+    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def weights_for(model) -> KernelWeights:
+    """The model's KernelWeights, made again only when a weight has changed since the last call."""
+    state = _weights_state(model)
+    cached = model.__dict__.get("_kernel_weights")
+    if cached is None or cached[0] != state:
+        cached = (state, KernelWeights(model))
+        model.__dict__["_kernel_weights"] = cached
+    return cached[1]
+
+
+class KernelStep:
+    """GPT.step through the C step for one KV cache: the model's KernelWeights and this cache's scratch."""
+
+    def __init__(self, model):
+        self.weights = weights_for(model)
+        self.work: torch.Tensor | None = None  # (B, floats per row), made at the first step
 
     def step(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
-        lib = library()
+        lib, model = library(), self.weights.model
         B, max_length = idx.size(0), cache.max_length
         if self.work is None or self.work.size(0) != B:
-            per_row = lib.tt_work_floats_per_row(ctypes.byref(self.model), max_length)
-            self.work = torch.empty(B, per_row, dtype=torch.float32)
-        logits = torch.empty(B, 1, self.model.vocab_size, dtype=torch.float32)
-        status = lib.tt_step(ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, cache.length,
+            self.work = torch.empty(B, lib.tt_work_floats_per_row(ctypes.byref(model), max_length))
+        logits = torch.empty(B, 1, model.vocab_size, dtype=torch.float32)
+        status = lib.tt_step(ctypes.byref(model), idx.data_ptr(), idx.stride(0), B, cache.length,
                              cache.keys.data_ptr(), cache.values.data_ptr(), max_length, logits.data_ptr(),
                              self.work.data_ptr())
         if status != 0:
-            raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {self.model.vocab_size})"
+            raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {model.vocab_size})"
                              f" and position {cache.length} below the cache's {max_length} and the context")
         return logits
 

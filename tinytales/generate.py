@@ -188,11 +188,19 @@ def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     return torch.topk(logits, k, dim=-1)
 
 
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus: keep the smallest set of most likely tokens whose probabilities add up to >= top_p."""
+def top_p_filter(logits: torch.Tensor, top_p: float, descending: bool = False) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probabilities add up to >= top_p.
+
+    descending=True says each row is already sorted best first (top-k's candidates): no search then.
+    """
     if top_p >= 1.0:
         return logits
     probs = logits.softmax(-1)  # (B, V)
+    if descending:
+        cumulative = probs.cumsum(-1)
+        keep = cumulative - probs < top_p  # the better ones hold less than top_p
+        keep[:, 0] = True
+        return logits.masked_fill(~keep, NEG_INF)
     # Sorting the whole vocabulary is slow (ms for 50k tokens); the nucleus is usually among the best
     # few hundred, so look there first and sort everything only when it is not.
     best_probs, best_ids = probs.topk(min(NUCLEUS_FIRST_GUESS, probs.size(-1)), dim=-1)  # (B, k), descending
@@ -312,7 +320,7 @@ def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> t
     if config.temperature != 1.0:
         # shift first: the best logit becomes 0, so even a tiny temperature cannot overflow to inf - inf
         logits = (logits - logits.amax(-1, keepdim=True)) / config.temperature
-    logits = top_p_filter(logits, config.top_p)
+    logits = top_p_filter(logits, config.top_p, descending=token_ids is not None)  # topk sorts its candidates
     logits = min_p_filter(logits, config.min_p)
     picked = sample_from(logits.softmax(-1), generator)  # (B,): an index into the candidates
     return picked if token_ids is None else token_ids.gather(1, picked[:, None]).squeeze(1)

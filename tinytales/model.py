@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -191,16 +192,27 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def reorder(self, batch_index: torch.Tensor) -> None:
-        """Row b takes row batch_index[b]'s keys and values; only rows that change and filled positions are copied."""
-        moved = [row for row, source in enumerate(batch_index.tolist()) if source != row]
-        if not moved:
-            return
-        targets = torch.tensor(moved, device=self.keys.device)
-        sources = batch_index.to(self.keys.device)[targets]
-        filled = self.length
-        for store in (self.keys, self.values):  # (layers, B, nkv, max_length, hs)
-            store[:, targets, :, :filled] = store[:, sources, :, :filled]  # the right side is a copy: overlaps are safe
+        """Row b takes row batch_index[b]'s keys and values; only rows that change and filled positions are copied.
 
+        Row by row with copy_ (a strided memcpy), each row overwritten only after the rows copied from it
+        (a row on a cycle of moves is read from a copy): advanced indexing of the same rows took 5-15x
+        longer (140 against 10-30 us per beam-search step, 4 beams, 110 positions).
+        """
+        pending = {row: source for row, source in enumerate(batch_index.tolist()) if source != row}
+        filled = self.length
+        stores = (self.keys, self.values)  # each (layers, B, nkv, max_length, hs)
+        readers = Counter(source for source in pending.values())  # pending moves that read each row
+        saved: dict[int, list[torch.Tensor]] = {}  # rows read from a copy (cycles of moves)
+        while pending:
+            row = next((r for r in pending if not readers[r]), None)
+            if row is None:  # every pending row is still read by another move: a cycle; copy one of them aside
+                row = next(iter(pending))
+                saved[row] = [store[:, row, :, :filled].clone() for store in stores]
+                readers[row] = 0
+            source = pending.pop(row)
+            for k, store in enumerate(stores):
+                store[:, row, :, :filled].copy_(saved[source][k] if source in saved else store[:, source, :, :filled])
+            readers[source] -= 1
 
 class CausalSelfAttention(nn.Module):
     cpu_causal_path = True  # False: CPU training goes through SDPA as well (bench/ measures both)
@@ -546,7 +558,7 @@ class GPT(nn.Module):
         weights = cache.step_weights
         if weights is None:
             weights = cache.step_weights = self._step_weights(cache)
-        if isinstance(weights, decode_kernel.KernelWeights):
+        if isinstance(weights, decode_kernel.KernelStep):
             logits = weights.step(idx, cache)  # the C step (tinytales/_decode.c)
             cache.length += 1
             return logits
@@ -564,7 +576,7 @@ class GPT(nn.Module):
     def _step_weights(self, cache: KVCache):
         """What `step` reads, gathered once per cache: the C step's weights where it can run, else _StepWeights."""
         if self.c_step and decode_kernel.usable(self, cache):
-            return decode_kernel.KernelWeights(self)
+            return decode_kernel.KernelStep(self)
         return _StepWeights(self)
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
