@@ -107,11 +107,15 @@ def report(folder: Path) -> str:
     path = Path(folder) / "generate.json"
     if path.exists():
         data = json.loads(path.read_text())
-        lines += ["| config | case | batch | TinyTales tok/s | transformers tok/s | ratio |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += ["| config | case | batch | TinyTales tok/s | transformers tok/s | ratio "
+                  "| TinyTales, PyTorch step tok/s | C step vs PyTorch step |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for row in data["results"]:
+            torch_step, speedup = row.get("pytorch_step_tokens_per_s"), row.get("c_step_vs_pytorch_step")
             lines.append(f"| {row['config']} | {row['case']} | {row['batch']} | {row['tinytales_tokens_per_s']:,.0f} | "
-                         f"{row['transformers_tokens_per_s']:,.0f} | {row['ratio']:.2f}x |")
+                         f"{row['transformers_tokens_per_s']:,.0f} | {row['ratio']:.2f}x | "
+                         f"{'' if torch_step is None else f'{torch_step:,.0f}'} | "
+                         f"{'' if speedup is None else f'{speedup:.2f}x'} |")
         ttft = data.get("time_to_first_token")
         if ttft:
             lines += ["", f"`tinytales {ttft['command']}`: first token after {ttft['median_first_token_s']} s "

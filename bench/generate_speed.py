@@ -6,8 +6,9 @@ bench.common.transformers_twin), float32, the same 10-token prompt and exactly 2
 tokenizer used here has no end-of-story id, so no story stops early. Cases: greedy, sampling
 (temperature 0.8, top-k 50, top-p 0.95) and beam search (4 beams) at batch 1, and sampling of 8
 stories at once (batch 8). New tokens/s counts the tokens of every returned row (beam search: the
-best story's). One process per configuration holds both models and alternates them; the first
-round is warm-up, then the median of `reps` rounds.
+best story's). One process per configuration holds both models and alternates them, and TinyTales
+with its PyTorch step instead of the C one (`GPT.c_step = False`, the lever); the first round is
+warm-up, then the median of `reps` rounds.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class BenchTokenizer:
 def measure(spec: dict) -> dict:
     import torch
 
+    from tinytales import decode_kernel
     from tinytales.generate import GenerationConfig, generate
     from tinytales.model import GPT, GPTConfig
 
@@ -75,7 +77,8 @@ def measure(spec: dict) -> dict:
     tokenizer = BenchTokenizer(vocab, prompt_ids)
     new_tokens = spec.get("new_tokens", NEW_TOKENS)
 
-    def ours(case: dict) -> tuple[float, int]:
+    def ours(case: dict, c_step: bool = True) -> tuple[float, int]:
+        GPT.c_step = c_step
         settings = {k: v for k, v in case.items() if k not in ("batch",)}
         if case["method"] == "sample":
             settings["num_samples"] = case["batch"]
@@ -108,8 +111,10 @@ def measure(spec: dict) -> dict:
     for name in spec.get("cases", list(CASES)):
         case = CASES[name]
         timings = {"tinytales": [], "transformers": []}
+        timings["tinytales_pytorch_step"] = []
         for round_ in range(spec["reps"] + spec.get("warmup", 1)):
-            order = [("tinytales", ours), ("transformers", theirs)]
+            order = [("tinytales", ours), ("transformers", theirs),
+                     ("tinytales_pytorch_step", lambda case: ours(case, c_step=False))]  # the lever: no C step
             for impl, run in order if round_ % 2 == 0 else order[::-1]:
                 seconds, tokens = run(case)
                 if round_ >= spec.get("warmup", 1):
@@ -117,8 +122,9 @@ def measure(spec: dict) -> dict:
         results[name] = {impl: {"tokens_per_s": median(t / s for s, t in values),
                                 "new_tokens": values[0][1], "runs_seconds": [round(s, 4) for s, _ in values]}
                          for impl, values in timings.items()}
+    GPT.c_step = True
     return {"config": spec["config"], "threads": torch.get_num_threads(), "cases": results,
-            "params": model.num_params()}
+            "params": model.num_params(), "c_step": decode_kernel.available()}
 
 
 # ----------------------------------------------------------------------------- time to first token
@@ -200,9 +206,12 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, new_t
                                                "new_tokens": new_tokens, "cases": cases or list(CASES)}, timeout=900)
         for case, figures in result["cases"].items():
             ours, theirs = figures["tinytales"]["tokens_per_s"], figures["transformers"]["tokens_per_s"]
+            torch_step = figures["tinytales_pytorch_step"]["tokens_per_s"]
             row = {"config": name, "case": case, **{k: v for k, v in CASES[case].items() if k != "method"},
                    "method": CASES[case]["method"], "tinytales_tokens_per_s": round(ours, 1),
                    "transformers_tokens_per_s": round(theirs, 1), "ratio": ratio(ours, theirs),
+                   "c_step": result["c_step"], "pytorch_step_tokens_per_s": round(torch_step, 1),
+                   "c_step_vs_pytorch_step": ratio(ours, torch_step),
                    "target_ratio": TARGETS.get(case),
                    "issue_transformers_tokens_per_s": ISSUE_BASELINE.get((name, case)),
                    "new_tokens": figures["tinytales"]["new_tokens"],
@@ -211,7 +220,7 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, new_t
             row["meets_target"] = None if row["target_ratio"] is None else row["ratio"] >= row["target_ratio"]
             rows.append(row)
             say(f"[{clock}] generate {name:8s} {case:14s} TinyTales {ours:8,.0f} tok/s, transformers "
-                f"{theirs:8,.0f} tok/s -> {row['ratio']}x")
+                f"{theirs:8,.0f} tok/s -> {row['ratio']}x (PyTorch step {torch_step:,.0f} tok/s)")
     ttft = None
     if ttft_runs:
         model_dir, what = ttft_model()

@@ -176,6 +176,8 @@ def test_generate_benchmark_quick_run_writes_every_case_and_first_token_time(tmp
         rows = 8 if row["case"] == "sample-batch8" else 1
         assert row["new_tokens"] == row["transformers_new_tokens"] == 5 * rows  # the same work on both sides
         assert row["tinytales_tokens_per_s"] > 0 and row["transformers_tokens_per_s"] > 0
+        assert row["pytorch_step_tokens_per_s"] > 0  # the C step's lever, measured in the same run
+        assert row["c_step_vs_pytorch_step"] == round(row["tinytales_tokens_per_s"] / row["pytorch_step_tokens_per_s"], 2)
     assert data["time_to_first_token"]["median_first_token_s"] > 0
 
 

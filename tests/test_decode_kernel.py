@@ -100,6 +100,18 @@ def test_c_step_follows_the_beam_search_reorder():
 
 
 @needs_kernel
+def test_c_step_reads_int32_token_ids_as_well():
+    model = random_model({})
+    with torch.inference_mode():
+        cache = model.new_cache(2)
+        model(torch.tensor([[1, 2], [3, 4]]), cache=cache)
+        wide, _ = model(torch.tensor([[5], [6]]), cache=cache)
+        cache.length -= 1
+        narrow, _ = model(torch.tensor([[5], [6]], dtype=torch.int32), cache=cache)
+    torch.testing.assert_close(narrow, wide)
+
+
+@needs_kernel
 def test_c_step_refuses_bad_token_ids_with_an_error():
     model = random_model({})
     with torch.inference_mode():

@@ -152,6 +152,8 @@ class KernelStep:
         """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
         lib, model = library(), self.weights.model
         B, max_length = idx.size(0), cache.max_length
+        if idx.dtype != torch.int64:
+            idx = idx.long()  # the C step reads int64 ids
         if self.work is None or self.work.size(0) != B:
             self.work = torch.empty(B, lib.tt_work_floats_per_row(ctypes.byref(model), max_length))
         logits = torch.empty(B, 1, model.vocab_size, dtype=torch.float32)
@@ -172,3 +174,18 @@ def usable(model, cache) -> bool:
     return (keys.dtype == values.dtype == torch.float32 and keys.is_contiguous() and values.is_contiguous()
             and keys.device.type == "cpu" and all(p.dtype == torch.float32 and p.device.type == "cpu"
                                                  for p in model.parameters()))
+
+
+def decoding_path(model) -> str:
+    """Which single-token step decodes this model, in words (`tinytales info` shows it)."""
+    from .model import GPT
+
+    if not isinstance(model, GPT):
+        return "the model's own forward (not a TinyTales GPT)"
+    if not model.c_step:
+        return "PyTorch step (GPT.c_step is off)"
+    if not available():
+        return "PyTorch step: the C step was not built (install a C compiler, then pip install -e . again)"
+    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters()):
+        return "PyTorch step (the C step runs float32 weights on the CPU)"
+    return f"C step (tinytales/_decode.c), {torch.get_num_threads()} threads"

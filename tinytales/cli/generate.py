@@ -153,6 +153,8 @@ def model_summary(loaded) -> dict:
     """What `tinytales info` shows: architecture, parameter counts, tokenizer and the model card."""
     from dataclasses import asdict, is_dataclass
 
+    from ..decode_kernel import decoding_path
+
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.config
     architecture = config.to_dict() if hasattr(config, "to_dict") else (
@@ -167,6 +169,7 @@ def model_summary(loaded) -> dict:
         "parameters": parameters,
         "parameters_without_embeddings": without_embeddings,
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "bos_id": tokenizer.bos_id},
+        "decoding": decoding_path(model),
         "card": loaded.card or {},
     }
 
@@ -205,6 +208,8 @@ def info(
     table.add_section()
     for key, value in summary["tokenizer"].items():
         table.add_row(f"tokenizer {key}", str(value))
+    table.add_section()
+    table.add_row("decoding", summary["decoding"])
     console.print(table)
     if summary["card"]:
         card = Table(title="model card (card.json)", show_header=False)
