@@ -21,4 +21,5 @@ if dist.get_rank() == 0:
     report = {"world_size": dist.get_world_size(), "steps": result.steps,
               "max_difference": max(float((g - gathered[0]).abs().max()) for g in gathered)}
     (Path(out) / "ddp_report.json").write_text(json.dumps(report))
+dist.barrier()  # both ranks finish together: a rank that leaves early can abort the other's gloo threads
 dist.destroy_process_group()
