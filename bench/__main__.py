@@ -88,13 +88,15 @@ def report(folder: Path) -> str:
     if path.exists():
         data = json.loads(path.read_text())
         lines += ["| config | TinyTales tok/s | transformers tok/s | ratio | GFLOP/s (TT / HF) "
-                  "| peak RSS MB (TT / HF) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| peak RSS MB (TT / HF) | loss curves: largest difference |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for row in data["configs"]:
             tt, hf = row["tinytales"], row["transformers"]
+            curves = row.get("loss_curves")
+            agreement = "" if not curves else f"{curves['max_difference']:.4f} over {len(curves['tinytales'])} steps"
             lines.append(f"| {row['config']} | {tt['tokens_per_s']:,.0f} | {hf['tokens_per_s']:,.0f} | "
                          f"{row['ratio']:.2f}x | {tt['gflops_per_s']:.1f} / {hf['gflops_per_s']:.1f} | "
-                         f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} |")
+                         f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} | {agreement} |")
         if data["levers"]:
             lines += ["", "| lever | config | tok/s | default tok/s (paired runs) | vs default | peak RSS MB |",
                       "|---|---|---:|---:|---:|---:|"]

@@ -127,6 +127,7 @@ def measure(spec: dict) -> dict:
             "vocab": vocab, "batch": batch, "seq": seq, "grad_accum": accum, "threads": torch.get_num_threads(),
             "tokens_per_s": tokens_per_s, "gflops_per_s": tokens_per_s * flops_per_token / 1e9,
             "step_seconds": [round(s, 4) for s in step_seconds], "first_loss": losses[0], "last_loss": losses[-1],
+            "losses": [round(loss, 5) for loss in losses],
             "params": useful_params, "rss_before_training_mb": rss_before}
 
 
@@ -204,6 +205,11 @@ def summarize(name: str, runs: dict) -> dict:
             "runs_tokens_per_s": [round(r["tokens_per_s"], 1) for r in results],
             "runs_load_1min": [r["load_1min"] for r in results],
         }
+    # the same weights, data and optimizer on both sides: the loss curves should agree to bf16 rounding
+    curves = [runs[impl][0].get("losses") for impl in ("tinytales", "transformers")]
+    if all(curves):
+        row["loss_curves"] = {"tinytales": curves[0], "transformers": curves[1],
+                              "max_difference": round(max(abs(a - b) for a, b in zip(*curves)), 5)}
     row["ratio"] = ratio(row["tinytales"]["tokens_per_s"], row["transformers"]["tokens_per_s"])
     row["meets_target"] = row["ratio"] is not None and row["ratio"] >= TARGET_RATIO
     row["memory_at_most_transformers"] = row["tinytales"]["peak_rss_mb"] <= row["transformers"]["peak_rss_mb"]

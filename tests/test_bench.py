@@ -161,6 +161,11 @@ def test_train_benchmark_quick_run_writes_both_implementations(tmp_path):
         assert row[impl]["tokens_per_s"] > 0 and row[impl]["gflops_per_s"] > 0 and row[impl]["peak_rss_mb"] > 100
     # the same weights: the first losses differ only by the 12 padding ids of TinyTales' vocabulary
     assert row["tinytales"]["first_loss"] == pytest.approx(row["transformers"]["first_loss"], abs=0.05)
+    curves = row["loss_curves"]
+    assert len(curves["tinytales"]) == len(curves["transformers"]) >= 1
+    assert curves["max_difference"] == pytest.approx(
+        max(abs(a - b) for a, b in zip(curves["tinytales"], curves["transformers"])), abs=1e-5)
+    assert curves["max_difference"] < 0.05
     assert row["ratio"] == pytest.approx(row["tinytales"]["tokens_per_s"] / row["transformers"]["tokens_per_s"],
                                          abs=0.01)
     assert "tok/s" in done.stdout
