@@ -142,3 +142,21 @@ def test_a_16_bit_model_decodes_through_the_pytorch_step():
         cache = model.new_cache(1)
         model(torch.tensor([[1, 2, 3]]), cache=cache)
         assert not decode_kernel.usable(model, cache)
+
+
+@needs_kernel
+def test_a_model_that_decoded_can_still_be_copied_and_its_packed_weights_follow_training():
+    import copy
+
+    model = random_model({})
+    idx = torch.randint(0, 300, (1, 8))
+    first, _ = stepped_logits(model, idx, 4, c_step=True)
+    twin = copy.deepcopy(model)  # the packed weights live beside the model, not in it
+    with torch.no_grad():
+        twin.blocks[0].mlp.fc.weight.mul_(2.0)  # an in-place update: the twin's packed copy is made again
+    again, _ = stepped_logits(model, idx, 4, c_step=True)
+    changed, _ = stepped_logits(twin, idx, 4, c_step=True)
+    expected, _ = stepped_logits(twin, idx, 4, c_step=False)
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(changed, expected, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(changed, first)

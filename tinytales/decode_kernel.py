@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import weakref
 
 import torch
 
@@ -131,13 +132,17 @@ def _weights_state(model) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
+# model -> (state of its weights, KernelWeights); beside the model, not in it, so that copying or pickling a
+# model never meets the C structures' pointers
+_weights_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def weights_for(model) -> KernelWeights:
     """The model's KernelWeights, made again only when a weight has changed since the last call."""
     state = _weights_state(model)
-    cached = model.__dict__.get("_kernel_weights")
+    cached = _weights_of.get(model)
     if cached is None or cached[0] != state:
-        cached = (state, KernelWeights(model))
-        model.__dict__["_kernel_weights"] = cached
+        cached = _weights_of[model] = (state, KernelWeights(model))
     return cached[1]
 
 
