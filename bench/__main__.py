@@ -87,16 +87,19 @@ def report(folder: Path) -> str:
     path = Path(folder) / "train.json"
     if path.exists():
         data = json.loads(path.read_text())
-        lines += ["| config | TinyTales tok/s | transformers tok/s | ratio | GFLOP/s (TT / HF) "
-                  "| peak RSS MB (TT / HF) | loss curves: largest difference |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| config | TinyTales tok/s | transformers tok/s | ratio | reference GPT tok/s | ratio "
+                  "| GFLOP/s (TT / HF / ref) | peak RSS MB (TT / HF / ref) | loss curves TT vs HF: largest difference |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in data["configs"]:
-            tt, hf = row["tinytales"], row["transformers"]
+            tt, hf, ref = row["tinytales"], row["transformers"], row.get("reference")
             curves = row.get("loss_curves")
             agreement = "" if not curves else f"{curves['max_difference']:.4f} over {len(curves['tinytales'])} steps"
+            sides = [tt, hf] + ([ref] if ref else [])
+            gflops = " / ".join(f"{side['gflops_per_s']:.1f}" for side in sides)
+            memory = " / ".join(f"{side['peak_rss_mb']:,.0f}" for side in sides)
+            reference = f"{ref['tokens_per_s']:,.0f} | {row['ratio_vs_reference']:.2f}x" if ref else " | "
             lines.append(f"| {row['config']} | {tt['tokens_per_s']:,.0f} | {hf['tokens_per_s']:,.0f} | "
-                         f"{row['ratio']:.2f}x | {tt['gflops_per_s']:.1f} / {hf['gflops_per_s']:.1f} | "
-                         f"{tt['peak_rss_mb']:,.0f} / {hf['peak_rss_mb']:,.0f} | {agreement} |")
+                         f"{row['ratio']:.2f}x | {reference} | {gflops} | {memory} | {agreement} |")
         if data["levers"]:
             lines += ["", "| lever | config | tok/s | default tok/s (paired runs) | vs default | peak RSS MB |",
                       "|---|---|---:|---:|---:|---:|"]

@@ -8,8 +8,10 @@ settings, autocast and clipping; its loss is its own (`labels=`, `shift_labels=`
 models score the same tokens). TinyTales' vocabulary is padded to a multiple of 64 as the trainer
 does; transformers gets the tokenizer's size, as a transformers user would configure it.
 
-Each measurement is a fresh process (see bench.common); the two implementations alternate and the
-median of `reps` processes is reported, with model FLOP/s (6 x parameters + attention per token)
+The issue's second baseline, a compact hand-written PyTorch GPT-2 (bench/reference_gpt.py, the
+loss through full float32 logits), gets the same weights, step and settings too. Each measurement
+is a fresh process (see bench.common); the implementations alternate and the median of `reps`
+processes is reported, with model FLOP/s (6 x parameters + attention per token)
 and peak RSS.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ CONFIGS: dict[str, dict] = {
     "tiny": {"vocab": 500, "context": 64, "n_embd": 32, "n_layer": 2, "n_head": 2, "batch": 2, "seq": 64},
 }
 DEFAULT_CONFIGS = ["seed", "4k-d256", "4k-d128"]
+# transformers' GPT2LMHeadModel, and a compact hand-written PyTorch GPT (bench/reference_gpt.py): the issue's two baselines
+IMPLEMENTATIONS = ["tinytales", "transformers", "reference"]
 # transformers 5.23, bf16 autocast, 2 threads, measured before this benchmark existed (the issue's figures)
 ISSUE_BASELINE = {"seed": 1366, "4k-d256": 5514, "4k-d128": 10701}
 TARGET_RATIO = 1.5
@@ -77,7 +81,15 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     gpt = GPT(config)
     useful_params = gpt.num_params() - config.context_length * config.n_embd - (model_vocab - vocab) * config.n_embd
-    if spec["impl"] == "transformers":
+    if spec["impl"] == "reference":  # the compact hand-written GPT (bench/reference_gpt.py)
+        from .reference_gpt import from_tinytales
+
+        model = from_tinytales(gpt)
+        del gpt
+
+        def loss_of(inputs, targets):
+            return forward(inputs, targets)
+    elif spec["impl"] == "transformers":
         model = transformers_twin(gpt, vocab)
         del gpt
         model.param_groups = GPT.param_groups.__get__(model)  # make_optimizer's decay / no-decay split
@@ -142,10 +154,9 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, lever
         default_warmup, default_steps = step_counts(name)
         base = {"config": name, "threads": threads, "steps": steps or default_steps,
                 "warmup": default_warmup if warmup is None else warmup}
-        runs = {"tinytales": [], "transformers": []}
+        runs = {impl: [] for impl in IMPLEMENTATIONS}
         for rep in range(reps):
-            order = ["tinytales", "transformers"] if rep % 2 == 0 else ["transformers", "tinytales"]
-            for impl in order:
+            for impl in IMPLEMENTATIONS if rep % 2 == 0 else IMPLEMENTATIONS[::-1]:
                 result = run_worker("train_speed", {**base, "impl": impl})
                 runs[impl].append(result)
                 say(f"[{clock}] train {name:8s} {impl:12s} run {rep + 1}/{reps}: "
@@ -154,7 +165,8 @@ def run(configs: list[str] | None = None, reps: int = 3, threads: int = 2, lever
         row = summarize(name, runs)
         rows.append(row)
         say(f"[{clock}] train {name}: TinyTales {row['tinytales']['tokens_per_s']:,.0f} tok/s, transformers "
-            f"{row['transformers']['tokens_per_s']:,.0f} tok/s -> {row['ratio']}x; peak memory "
+            f"{row['transformers']['tokens_per_s']:,.0f} tok/s -> {row['ratio']}x, reference GPT "
+            f"{row['reference']['tokens_per_s']:,.0f} tok/s -> {row['ratio_vs_reference']}x; peak memory "
             f"{row['tinytales']['peak_rss_mb']:,.0f} vs {row['transformers']['peak_rss_mb']:,.0f} MB")
     if levers:
         done = {row["config"]: row for row in rows}
@@ -211,6 +223,7 @@ def summarize(name: str, runs: dict) -> dict:
         row["loss_curves"] = {"tinytales": curves[0], "transformers": curves[1],
                               "max_difference": round(max(abs(a - b) for a, b in zip(*curves)), 5)}
     row["ratio"] = ratio(row["tinytales"]["tokens_per_s"], row["transformers"]["tokens_per_s"])
+    row["ratio_vs_reference"] = ratio(row["tinytales"]["tokens_per_s"], row["reference"]["tokens_per_s"])
     row["meets_target"] = row["ratio"] is not None and row["ratio"] >= TARGET_RATIO
     row["memory_at_most_transformers"] = row["tinytales"]["peak_rss_mb"] <= row["transformers"]["peak_rss_mb"]
     row["issue_transformers_tokens_per_s"] = ISSUE_BASELINE.get(name)

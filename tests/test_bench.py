@@ -157,7 +157,7 @@ def test_train_benchmark_quick_run_writes_both_implementations(tmp_path):
     assert done.returncode == 0, done.stderr
     row, = read_result(tmp_path, "train")["configs"]
     assert row["config"] == "tiny"
-    for impl in ("tinytales", "transformers"):
+    for impl in ("tinytales", "transformers", "reference"):  # the issue's two baselines
         assert row[impl]["tokens_per_s"] > 0 and row[impl]["gflops_per_s"] > 0 and row[impl]["peak_rss_mb"] > 100
     # the same weights: the first losses differ only by the 12 padding ids of TinyTales' vocabulary
     assert row["tinytales"]["first_loss"] == pytest.approx(row["transformers"]["first_loss"], abs=0.05)
@@ -168,6 +168,9 @@ def test_train_benchmark_quick_run_writes_both_implementations(tmp_path):
     assert curves["max_difference"] < 0.05
     assert row["ratio"] == pytest.approx(row["tinytales"]["tokens_per_s"] / row["transformers"]["tokens_per_s"],
                                          abs=0.01)
+    assert row["reference"]["first_loss"] == pytest.approx(row["tinytales"]["first_loss"], abs=1e-3)  # same network
+    assert row["ratio_vs_reference"] == pytest.approx(
+        row["tinytales"]["tokens_per_s"] / row["reference"]["tokens_per_s"], abs=0.01)
     assert "tok/s" in done.stdout
 
 
