@@ -4,13 +4,14 @@
  * Why C: at batch 1 a token of a 4-layer model is ~60 small tensor operations; in eager PyTorch
  * each costs microseconds of dispatch, which is most of the time for models this small. Here the
  * whole step is one call and one OpenMP parallel region (PyTorch's own OpenMP runtime and thread
- * count), the products read the weights in PyTorch's (out, in) layout, and nothing is allocated.
- * tinytales/decode_kernel.py is the Python side (ctypes); tests/test_decode_kernel.py checks this
- * step against the PyTorch one for every option.
+ * count), the products read weights packed in tiles of 64 output rows (see product), and nothing
+ * is allocated. tinytales/decode_kernel.py is the Python side (ctypes, packing); tests/test_decode_kernel.py
+ * checks this step against the PyTorch one for every option.
  *
- * Layouts (all contiguous float32, row-major, as PyTorch holds them):
+ * Layouts (all contiguous float32, row-major; everything but the products' weights as PyTorch holds it):
  *   tokens  (B,) int64 with a stride      keys/values (n_layer, B, n_kv_head, max_len, head_dim)
- *   logits  (B, vocab)                    work        (B, work_floats_per_row(model, max_len))
+ *   logits  (B, vocab)                    work        (B, tt_work_floats_per_row(model, max_len))
+ *   product weights (tiles, in, 64)       embeddings, norms, biases, RoPE tables as in the model
  * The arithmetic is forward's: pre-norm blocks, q/k/v rows of the qkv product in that order,
  * QK-norm before RoPE on consecutive pairs (2i, 2i+1), grouped-query heads, tanh GELU, SiLU gate.
  */
