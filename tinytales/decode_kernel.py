@@ -3,7 +3,7 @@
 `GPT.step` uses it when it was built (`pip install` compiles it where a C compiler exists; it is
 optional) and the model and cache are float32 on the CPU; otherwise `GPT.step` runs its PyTorch
 tensor calls. Both compute forward's arithmetic: tests/test_decode_kernel.py checks them against
-each other for every architecture option. `GPT.decode_kernel = False` turns the C step off
+each other for every architecture option. `GPT.c_step = False` turns the C step off
 (bench/ measures both).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 class KernelWeights:
     """The model's weights as the C step reads them: the products' weights packed (`pack`), the rest as they are.
 
-    Made once per state of the weights and kept on the model (`weights_for`); it holds every tensor
+    Made once per state of the weights and kept beside the model (`weights_for`); it holds every tensor
     whose pointer the C structures carry, so they stay alive. One more copy of the products' weights.
     """
 
@@ -177,8 +177,11 @@ def usable(model, cache) -> bool:
         return False
     keys, values = cache.keys, cache.values
     return (keys.dtype == values.dtype == torch.float32 and keys.is_contiguous() and values.is_contiguous()
-            and keys.device.type == "cpu" and all(p.dtype == torch.float32 and p.device.type == "cpu"
-                                                 for p in model.parameters()))
+            and keys.device.type == "cpu" and _float32_on_cpu(model))
+
+
+def _float32_on_cpu(model) -> bool:
+    return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
 
 
 def decoding_path(model) -> str:
@@ -191,6 +194,6 @@ def decoding_path(model) -> str:
         return "PyTorch step (GPT.c_step is off)"
     if not available():
         return "PyTorch step: the C step was not built (install a C compiler, then pip install -e . again)"
-    if not all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters()):
+    if not _float32_on_cpu(model):
         return "PyTorch step (the C step runs float32 weights on the CPU)"
     return f"C step (tinytales/_decode.c), {torch.get_num_threads()} threads"
