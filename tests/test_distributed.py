@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinytales.checkpoint import list_checkpoints
 from tinytales.train import TrainConfig, rescale_data_state, train
@@ -32,11 +33,19 @@ def tokenizer_dir(tmp_path, tiny_tokenizer):
 
 @pytest.mark.slow
 def test_two_processes_train_in_sync_and_resume_in_one(tmp_path, jsonl_file, tokenizer_dir):
-    out = tmp_path / "run"
-    torchrun(2, jsonl_file, tokenizer_dir, out, 6)
-    report = json.loads((out / "ddp_report.json").read_text())
-    assert report["world_size"] == 2 and report["steps"] == 6
-    assert report["max_difference"] == 0.0  # identical parameters on both ranks
+    out, ranks = tmp_path / "run", tmp_path / "ranks"
+    torchrun(2, jsonl_file, tokenizer_dir, out, 6, ranks)
+    reports = [json.loads((ranks / f"report-{rank}.json").read_text()) for rank in (0, 1)]
+    for report in reports:
+        assert report["world_size"] == 2 and report["steps"] == 6
+        # train() ended the process group it started: gloo's threads are gone before Python shuts down
+        assert not report["group_initialized"]
+        if report["threads"] is not None:
+            assert not [name for name in report["threads"] if "gloo" in name], report["threads"]
+    weights = [torch.load(ranks / f"weights-{rank}.pt") for rank in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name  # identical parameters on both ranks
     history = json.loads((out / "history.json").read_text())
     assert history["steps"][-1]["loss"] < history["steps"][0]["loss"]
     assert [p.name for p in list_checkpoints(out)][-1] == "step-00000006"

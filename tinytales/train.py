@@ -5,6 +5,7 @@ periodic evaluation, atomic checkpoints and exact resume, optionally over severa
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import random
@@ -154,6 +155,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run started the process group, so it ends it
 
     @property
     def is_main(self) -> bool:
@@ -170,15 +172,36 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     if world_size > 1:
         import torch.distributed as dist
 
+        # torch.distributed.nn's functions take `group=group.WORLD` as a default argument, evaluated when
+        # the module is first imported (DDP imports it): imported after init_process_group they keep the
+        # group alive for good, destroy_process_group can no longer stop gloo's worker threads, and one
+        # that frees a tensor after Python began shutting down aborts the process at exit.
+        from torch.distributed import nn as _distributed_nn  # noqa: F401
+
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if not dist.is_initialized():
+        owns_group = not dist.is_initialized()
+        if owns_group:
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         device = torch.device(f"cuda:{local_rank}") if device_type == "cuda" else torch.device("cpu")
         if device_type == "cuda":
             torch.cuda.set_device(device)
-        return Runtime(device, rank, world_size, local_rank)
+        return Runtime(device, rank, world_size, local_rank, owns_group)
     device = torch.device(config.device if config.device != "auto" else device_type)
     return Runtime(device)
+
+
+def end_runtime(runtime: Runtime) -> None:
+    """All processes finish together; a process group this run started is shut down while Python still runs.
+
+    Destroying it joins gloo's worker threads, so none is left to free a tensor (which takes the GIL)
+    during interpreter shutdown, where it would abort the process (torchrun then reports the run failed).
+    """
+    import torch.distributed as dist
+
+    gc.collect()  # a DistributedDataParallel wrapper caught in a reference cycle still holds the group
+    dist.barrier()
+    if runtime.owns_group:
+        dist.destroy_process_group()
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:
@@ -424,9 +447,8 @@ def train(config: TrainConfig) -> TrainResult:
 
             plot_run(run_dir)
     if runtime.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        del forward, ddp_model  # DDP's reducer holds the process group
+        end_runtime(runtime)
     return TrainResult(run_dir, model_dir, step, last_loss, val_loss, history, model)
 
 

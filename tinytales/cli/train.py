@@ -66,6 +66,8 @@ def train(
     settings = TrainConfig.from_sources(preset=preset, config_file=str(config) if config else None, **overrides)
     settings.progress = sys.stdout.isatty() and not as_json
     result = run_training(settings)
+    if result.model_dir is None:  # one of torchrun's other processes: the first one reports
+        return
     summary = {"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), "steps": result.steps,
                "final_loss": result.final_loss, "val_loss": result.val_loss, "epochs": result.history["epochs"]}
     if as_json:
