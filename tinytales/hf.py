@@ -462,7 +462,10 @@ class TransformersLM(nn.Module):
         if context is None:
             raise ValueError(f"{type(hf_model).__name__}'s config names no context length (max_position_embeddings)")
         self.config = TransformersConfig(hf_model.get_output_embeddings().weight.size(0), int(context), hf.model_type)
-        self._keeps_last = "logits_to_keep" in inspect.signature(hf_model.forward).parameters
+        parameters = inspect.signature(hf_model.forward).parameters
+        self._keeps_last = "logits_to_keep" in parameters
+        # transformers 5.x renames past_key_values to cache (the old name is deprecated)
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def num_params(self, embeddings: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -494,8 +497,8 @@ class TransformersLM(nn.Module):
             attention_mask=attention_mask.long() if attention_mask is not None else None,
             # positions count from the cache like GPT's (not from the padding mask like HF's generate)
             position_ids=torch.arange(start, start + T, device=idx.device).expand(B, T),
-            past_key_values=cache.hf_cache if cache is not None else None,
-            use_cache=cache is not None, **kwargs)
+            use_cache=cache is not None, **{self._cache_argument: cache.hf_cache if cache is not None else None},
+            **kwargs)
         if cache is not None:
             cache.length += T
         return out
