@@ -6,17 +6,19 @@ import json
 import sys
 from pathlib import Path
 
-from .common import RESULTS_DIR, machine_info, say, training_job_running, write_results
+from .common import REPO, RESULTS_DIR, machine_info, say, training_job_running, write_results
 
-BENCHMARKS = ("train", "generate", "data")
+BENCHMARKS = ("train", "generate", "data")  # `all`: the speed benchmarks
+SLOW = ("quality",)  # story quality per CPU-minute: 30+ minutes, run by name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="TinyTales performance benchmarks (see docs/performance.md).",
         epilog="Example: python -m bench train --configs seed --reps 3")
-    parser.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS, "report"),
-                        help="a benchmark, all of them, or report: markdown tables of the saved results")
+    parser.add_argument("which", nargs="?", default="all", choices=("all", *BENCHMARKS, *SLOW, "report"),
+                        help="a benchmark, all speed benchmarks, quality (bits per byte per training minute "
+                             "against transformers), or report: markdown tables of the saved results")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run in seconds: tiny model, 1 iteration, 1 thread, no levers "
                              "(results go to bench/results/tmp unless --out)")
@@ -29,9 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lever-reps", type=int, default=2,
                         help="pairs (lever process, default process) per training lever, median ratio (default 2)")
     parser.add_argument("--new-tokens", type=int, default=None, help="new tokens per generation (default 200)")
+    parser.add_argument("--minutes", type=float, nargs="+", default=None,
+                        help="quality: training budgets in minutes, for each side (default 5 10)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object at the end")
     args = parser.parse_args(argv)
+    if args.minutes and min(args.minutes) <= 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
     for name in ("threads", "reps", "steps", "new_tokens", "lever_reps"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -41,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from . import data_speed, generate_speed, train_speed
+    from . import data_speed, generate_speed, quality, train_speed
 
     if args.which == "report":
         print(report(args.out or RESULTS_DIR))
@@ -65,6 +71,11 @@ def main(argv=None) -> int:
             result = train_speed.run(configs, reps=reps, threads=threads, levers=not (quick or args.no_levers),
                                      steps=args.steps or (1 if quick else None), warmup=0 if quick else None,
                                      lever_reps=args.lever_reps)
+        elif name == "quality":
+            result = quality.run(args.minutes or ((0.04, 0.08) if quick else quality.DEFAULT_MINUTES), threads=threads,
+                                 quick=quick)
+            if not quick:
+                say(f"wrote {quality.plot(result, REPO / 'docs' / 'quality.png')}")
         elif name == "generate":
             result = generate_speed.run(configs, reps=reps, threads=threads,
                                         new_tokens=args.new_tokens or (5 if quick else generate_speed.NEW_TOKENS),
@@ -127,6 +138,11 @@ def report(folder: Path) -> str:
                           f"(median; runs {ttft['first_token_s']}), `import torch` alone {ttft['import_torch_s']} s; "
                           f"{ttft['model']}."]
         lines.append("")
+    path = Path(folder) / "quality.json"
+    if path.exists():
+        from .quality import report as quality_report
+
+        lines += quality_report(json.loads(path.read_text())) + [""]
     path = Path(folder) / "data.json"
     if path.exists():
         data = json.loads(path.read_text())

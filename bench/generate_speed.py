@@ -40,16 +40,19 @@ TTFT_TARGET_S = 1.5
 
 
 class BenchTokenizer:
-    """The tokenizer surface tinytales.generate reads, with a fixed prompt and no end-of-story id."""
+    """The tokenizer surface tinytales.generate reads, with a fixed prompt and no end-of-story id.
 
-    bos_id = None
+    The prompt's first id plays the story-start token (BOS), so the model reads exactly `prompt_ids`.
+    """
+
     eot_id = -1  # never produced: every story runs to max_new_tokens
 
     def __init__(self, vocab_size: int, prompt_ids: list[int]):
         self.vocab_size, self.prompt_ids = vocab_size, prompt_ids
+        self.bos_id = prompt_ids[0]
 
     def encode(self, text: str) -> list[int]:
-        return list(self.prompt_ids)
+        return list(self.prompt_ids[1:])
 
     def decode(self, ids, skip_special: bool = False) -> str:
         return " ".join(map(str, ids))

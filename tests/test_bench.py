@@ -175,6 +175,39 @@ def test_train_benchmark_quick_run_writes_both_implementations(tmp_path):
 
 
 @pytest.mark.slow
+@needs_shared("data", "tinystories", "valid.jsonl")
+def test_quality_benchmark_quick_run_trains_both_sides_for_each_budget_and_reports_the_crossing(tmp_path):
+    done = run_bench("quality", "--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    data = read_result(tmp_path, "quality")
+    assert data["budgets"] == [0.04, 0.08]
+    for side in ("tinytales", "transformers"):
+        for budget in data["budgets"]:
+            run, = [r for r in data["runs"] if r["side"] == side and r["minutes"] == budget]
+            assert run["steps"] > 0 and 0 < run["bits_per_byte"] < 10 and run["valid_documents"] == 40
+            assert run["train_seconds"] >= budget * 60  # trained for the whole budget
+    sizes = {r["parameters"] for r in data["runs"]}
+    assert len(sizes) == 1  # the same network on both sides
+    assert data["baseline_bpb"] == next(r["bits_per_byte"] for r in data["runs"]
+                                        if r["side"] == "transformers" and r["minutes"] == 0.08)
+    from bench.quality import minutes_to_reach
+
+    tt = sorted((r for r in data["runs"] if r["side"] == "tinytales"), key=lambda r: r["minutes"])
+    assert data["tinytales_minutes_to_baseline"] == minutes_to_reach(tt, data["baseline_bpb"])
+
+
+def test_minutes_to_reach_interpolates_in_log_minutes():
+    from bench.quality import minutes_to_reach
+
+    points = [{"minutes": 1, "bits_per_byte": 1.4}, {"minutes": 4, "bits_per_byte": 1.2},
+              {"minutes": 16, "bits_per_byte": 1.0}]
+    assert minutes_to_reach(points, 1.3) == pytest.approx(2.0)  # halfway between 1 and 4 in log(minutes)
+    assert minutes_to_reach(points, 1.0) == pytest.approx(16.0)
+    assert minutes_to_reach(points, 0.9) is None  # never reached
+    assert minutes_to_reach(points, 1.5) == 1  # reached by the shortest run already
+
+
+@pytest.mark.slow
 def test_generate_benchmark_quick_run_writes_every_case_and_first_token_time(tmp_path):
     done = run_bench("generate", "--quick", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr

@@ -48,11 +48,14 @@ def test_streamed_output_is_the_same_text(tiny_model_dir):
 def test_default_settings_are_the_story_defaults(tiny_model_dir):
     result = run("generate", PROMPT, "--model", tiny_model_dir, "--max-new-tokens", 15, "--seed", 4, "--json")
     settings = json.loads(result.stdout)["settings"]
-    assert (settings["method"], settings["temperature"], settings["top_p"]) == ("sample", 0.8, 0.95)
-    expected = library_story(tiny_model_dir, max_new_tokens=15, seed=4, temperature=0.8, top_p=0.95)[0].text
+    from tinytales.defaults import STORY_DEFAULTS
+
+    story_settings = {k: v for k, v in STORY_DEFAULTS.items() if k != "max_new_tokens"}
+    assert settings["method"] == "sample" and {k: settings[k] for k in story_settings} == story_settings
+    expected = library_story(tiny_model_dir, max_new_tokens=15, seed=4, **story_settings)[0].text
     assert json.loads(result.stdout)["stories"][0]["text"] == expected
-    help_text = run("generate", "--help").stdout
-    assert "temperature 0.8" in help_text and "top-p 0.95" in help_text and "Examples" in help_text
+    help_text = " ".join(run("generate", "--help").stdout.replace("│", " ").split())  # unwrapped
+    assert "story default 0.8)" in help_text and "(story default 0.95)" in help_text and "Examples" in help_text
 
 
 def test_json_reports_each_story(tiny_model_dir):

@@ -23,10 +23,24 @@ def test_story_metrics_by_hand():
     assert m["repeated_3gram_rate"] == pytest.approx(1 / 7)
     assert m["distinct_2"] == pytest.approx(6 / 8)  # bigrams: 8, "the cat" and "cat sat" twice
     assert m["outside_vocab"] == pytest.approx(3 / 9)  # on, a, zorb
+    # 4-grams: 6, all different
+    assert m["repeated_4gram_rate"] == 0.0 and not m["loops"]
     looping = story_metrics("the cat sat " * 10, vocab)
-    assert looping["repeated_3gram_rate"] > 0.8 and looping["outside_vocab"] == 0
-    assert story_metrics("", vocab) == {"words": 0, "repeated_3gram_rate": 0.0, "distinct_2": 0.0,
-                                        "outside_vocab": 0.0}
+    assert looping["repeated_3gram_rate"] > 0.8 and looping["outside_vocab"] == 0 and looping["loops"]
+    assert story_metrics("", vocab) == {"words": 0, "repeated_3gram_rate": 0.0, "repeated_4gram_rate": 0.0,
+                                        "loops": False, "distinct_2": 0.0, "outside_vocab": 0.0}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Ben smiled and said thank you. Ben smiled and said thank you. Ben smiled and said yes.", True),  # 3 times
+    ("Ben smiled and said thank you. Ben smiled and said no.", False),  # twice is how stories talk
+    ("The wind was strong and the wind was strong and the wind was strong", True),
+    ("one two three four one two three five one two three six", False),  # 3-grams repeat, 4-grams do not
+])
+def test_a_story_loops_when_the_same_four_words_come_three_times(text, expected):
+    from tinytales.compare import loops
+
+    assert loops(text) is expected
 
 
 def test_build_children_vocab_keeps_words_used_often_enough(tmp_path):

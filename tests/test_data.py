@@ -231,6 +231,23 @@ def test_prepare_then_load_tokens_equals_direct_tokenization(tmp_path, jsonl_fil
     np.testing.assert_array_equal(tokens[995:1010], expected[995:1010])
 
 
+def test_story_fragments_get_an_end_of_story_token_only_where_their_story_ends(tmp_path, tiny_tokenizer):
+    records = [{"text": "Once upon a time there was a cat.", "kind": "head_only"},
+               {"text": "the dog ran home. The end.", "kind": "tail_only"},
+               {"text": "and then they", "kind": "middle"},
+               {"text": "A whole story. It ended."}]
+    path = write_jsonl(tmp_path / "fragments.jsonl", records)
+    eot = tiny_tokenizer.eot_id
+    expected = []
+    for record in records:
+        expected += tiny_tokenizer.encode(record["text"]) + ([] if record.get("kind") in ("head_only", "middle")
+                                                             else [eot])
+    np.testing.assert_array_equal(load_tokens(path, tiny_tokenizer), expected)
+    meta = prepare(path, tiny_tokenizer, tmp_path / "p")
+    assert meta["documents"] == 4
+    np.testing.assert_array_equal(np.asarray(load_tokens(tmp_path / "p", tiny_tokenizer)), expected)
+
+
 def test_one_shard_is_a_plain_memmap_and_token_width_follows_the_vocab(tmp_path, jsonl_file, tiny_tokenizer):
     prepare(jsonl_file, tiny_tokenizer, tmp_path / "p")
     tokens = load_tokens(tmp_path / "p", tiny_tokenizer)

@@ -177,15 +177,16 @@ def test_long_prompt_keeps_its_last_tokens_with_a_warning(tiny_model, tiny_token
     prompt = " ".join(f"Tom saw {i} cats." for i in range(40))
     ids = tiny_tokenizer.encode(prompt)
     assert len(ids) > 64
-    # room for 10 new tokens in a context of 64
-    with pytest.warns(UserWarning, match="kept its last 54 tokens"):
+    start = tiny_tokenizer.eot_id  # the story-start token (no BOS): what every training story follows
+    # room for 10 new tokens in a context of 64: the story-start token and the prompt's last 53 tokens
+    with pytest.warns(UserWarning, match="kept its last 53 tokens"):
         kept, truncated = encode_prompt(tiny_tokenizer, prompt, 64, max_new_tokens=10)
-    assert truncated and kept == ids[-54:]
+    assert truncated and kept == [start] + ids[-53:]
     # never less than half the context, however many new tokens are wanted
     assert prompt_token_limit(64, 50) == 32
     with pytest.warns(UserWarning):
         kept, _ = encode_prompt(tiny_tokenizer, prompt, 64, max_new_tokens=50)
-    assert kept == ids[-32:]
+    assert kept == [start] + ids[-31:]
     # bos stays first
     with pytest.warns(UserWarning):
         kept, _ = encode_prompt(BosTokenizer(tiny_tokenizer, bos_id=299), prompt, 64, max_new_tokens=10)
@@ -193,7 +194,7 @@ def test_long_prompt_keeps_its_last_tokens_with_a_warning(tiny_model, tiny_token
     # a short prompt is untouched, and does not warn
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert encode_prompt(tiny_tokenizer, "Tom", 64, 10) == (tiny_tokenizer.encode("Tom"), False)
+        assert encode_prompt(tiny_tokenizer, "Tom", 64, 10) == ([start] + tiny_tokenizer.encode("Tom"), False)
     with pytest.warns(UserWarning):
         story = generate(tiny_model, tiny_tokenizer, prompt, GenerationConfig(method="greedy", max_new_tokens=10))[0]
     assert story.truncated and story.prompt_tokens == 54
@@ -239,10 +240,11 @@ def test_window_slides_and_never_exceeds_the_context(tiny_tokenizer):
                                                                    use_cache=use_cache))[0]
         assert story.new_tokens == 30 and not story.finished
         assert story.text == ("abc" * 11)[:30]
-        if use_cache:  # the prompt, one token at a time until 8 positions, then the last half (4) again
-            assert model.fed[:7] == [3, 1, 1, 1, 1, 1, 4]
+        # the story-start token + the prompt, one token at a time until 8 positions, then the last half (4) again
+        if use_cache:
+            assert model.fed[:7] == [4, 1, 1, 1, 1, 4, 1]
         else:  # the whole window every time: it grows to 8, falls back to 4
-            assert model.fed[:7] == [3, 4, 5, 6, 7, 8, 4]
+            assert model.fed[:7] == [4, 5, 6, 7, 8, 4, 5]
     beam = GenerationConfig(method="beam", max_new_tokens=30, num_beams=2, early_stopping=False)
     beams = generate(model, tokenizer, "abc", beam)
     assert beams[0].text == ("abc" * 11)[:30]
@@ -304,7 +306,7 @@ def test_beam_score_is_at_least_greedys_logprob(tiny_model, tiny_tokenizer):
     greedy = generate(tiny_model, tiny_tokenizer, PROMPT, GenerationConfig(method="greedy", max_new_tokens=12))[0]
     beam = generate(tiny_model, tiny_tokenizer, PROMPT, GenerationConfig(method="beam", num_beams=4,
                                                                          length_penalty=0, max_new_tokens=12))[0]
-    prompt_ids = tiny_tokenizer.encode(PROMPT)
+    prompt_ids = encode_prompt(tiny_tokenizer, PROMPT, 64)[0]
     greedy_logprob = sequence_logprob(tiny_model, prompt_ids, greedy.token_ids, tiny_tokenizer.vocab_size)
     assert beam.score == pytest.approx(sequence_logprob(tiny_model, prompt_ids, beam.token_ids,
                                                         tiny_tokenizer.vocab_size), abs=1e-4)
@@ -321,9 +323,9 @@ def test_wide_beam_finds_the_most_likely_story(tokenizer_vocab, seed, scale):
     model = GPT(GPTConfig(vocab_size=5, context_length=16, n_layer=1, n_head=1, n_embd=16)).eval()
     with torch.no_grad():
         model.tok_emb.weight.mul_(scale)
-    tokenizer = LetterTokenizer(tokenizer_vocab)
+    tokenizer = BosTokenizer(LetterTokenizer(tokenizer_vocab), bos_id=4)  # a story-start id the model has
     eot, prompt, steps = tokenizer.eot_id, "ab", 3
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = encode_prompt(tokenizer, prompt, 16)[0]
     candidates = []  # every story of up to 3 tokens: ended by eot, or cut at 3
     for length in range(1, steps + 1):
         for ids in itertools.product(range(5), repeat=length):

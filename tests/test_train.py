@@ -148,3 +148,66 @@ def test_cli_train_then_plot(tmp_path, jsonl_file):
     result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(jsonl_file), "--out", str(out),
                                  "--resume", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "not a checkpoint" in result.output
+
+
+def test_budget_schedule_follows_the_share_of_time_used():
+    wsd = TrainConfig(data="x", lr=1.0, warmup_steps=10, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert learning_rate(3, None, wsd, budget_used=0.5) == pytest.approx(0.4)  # warmup is still counted in steps
+    assert learning_rate(50, None, wsd, budget_used=0.79) == 1.0
+    assert learning_rate(50, None, wsd, budget_used=0.9) == pytest.approx(0.5)
+    assert learning_rate(50, None, wsd, budget_used=1.3) == pytest.approx(0.0)  # never below the floor
+    cosine = TrainConfig(data="x", lr=1.0, warmup_steps=0, min_lr_ratio=0.1)
+    assert learning_rate(50, None, cosine, budget_used=0.5) == pytest.approx(0.55)
+
+
+def test_a_time_budget_trains_until_it_is_spent_and_ends_decayed(tmp_path, jsonl_file):
+    result = train(tiny_config(tmp_path, jsonl_file, minutes=0.05, max_steps=None, epochs=None, checkpoint_every=10**6,
+                               eval_every=10**6, schedule="wsd", min_lr_ratio=0.0, warmup_steps=2))
+    steps = result.history["steps"]
+    assert result.steps > 5 and steps[-1]["step"] == result.steps
+    assert steps[-1]["elapsed"] >= 3.0  # 0.05 minutes
+    assert max(r["lr"] for r in steps) == pytest.approx(3e-3)  # the tiny preset's peak
+    assert steps[-1]["lr"] < 0.5 * 3e-3  # ended in the decay
+    assert result.history["evals"][-1]["step"] == result.steps  # evaluated at the end
+    assert list_checkpoints(result.run_dir)[-1].name == f"step-{result.steps:08d}"
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["minutes"] == 0.05 and run["total_steps"] is None
+
+
+def test_muon_trains_matrices_adamw_the_rest_and_resumes_exactly(tmp_path, jsonl_file):
+    from tinytales.optim import Optimizers
+
+    full = train(tiny_config(tmp_path / "a", jsonl_file, optimizer="muon", muon_lr=0.02))
+    assert full.history["steps"][-1]["loss"] < full.history["steps"][0]["loss"]
+    first = train(tiny_config(tmp_path / "b", jsonl_file, optimizer="muon", muon_lr=0.02))
+    for path in list_checkpoints(first.run_dir)[1:]:
+        import shutil
+        shutil.rmtree(path)
+    # resumed with --optimizer adamw by mistake: the run keeps the optimizer it began with
+    resumed = train(tiny_config(tmp_path / "b", jsonl_file, optimizer="adamw", resume="auto"))
+    assert losses(resumed.history) == losses(full.history)
+
+    from tinytales.train import make_optimizer
+
+    model = full.model
+    optimizer = make_optimizer(model, TrainConfig(data="x", optimizer="muon"), torch.device("cpu"))
+    assert isinstance(optimizer, Optimizers)
+    muon_params = {id(p) for g in optimizer.optimizers["muon"].param_groups for p in g["params"]}
+    block_matrices = {id(p) for p in model.blocks.parameters() if p.dim() == 2}
+    assert muon_params == block_matrices  # embeddings / output layer / norms go to AdamW
+    adam_params = {id(p) for g in optimizer.optimizers["adamw"].param_groups for p in g["params"]}
+    assert adam_params | muon_params == {id(p) for p in model.parameters()} and not adam_params & muon_params
+
+
+def test_orthogonalize_flattens_the_singular_values():
+    from tinytales.optim import orthogonalize
+
+    torch.manual_seed(0)
+    for shape in ((64, 16), (16, 64)):
+        k = min(shape)
+        u, v = torch.linalg.qr(torch.randn(shape[0], k))[0], torch.linalg.qr(torch.randn(shape[1], k))[0]
+        g = u @ torch.diag(torch.logspace(-1, 1, k)) @ v.T  # singular values 0.1 .. 10
+        before, after = torch.linalg.svdvals(g), torch.linalg.svdvals(orthogonalize(g))
+        assert orthogonalize(g).shape == g.shape
+        assert before.max() / before.min() > 30
+        assert after.min() > 0.3 and after.max() < 1.3  # about U V^T: every direction moves about as much

@@ -203,12 +203,18 @@ def iter_documents(source, split: str = "train", text_field: str = "text", stric
         texts = (text for path in source_files(source) for text in _read_file(path, text_field, problems))
     for text in texts:
         if clean:
-            text = clean_story(text, stats)
+            text = _clean_document(text, stats)
             if text is None:
                 continue
         else:
             stats.kept += 1
         yield text
+
+
+def _clean_document(text: str, stats: DataStats) -> str | None:
+    """clean_story, keeping an UnfinishedStory marked as one."""
+    cleaned = clean_story(text, stats)
+    return UnfinishedStory(cleaned) if cleaned is not None and isinstance(text, UnfinishedStory) else cleaned
 
 
 def source_files(source) -> list[Path]:
@@ -280,6 +286,17 @@ def _read_txt(path: Path, problems: _Problems) -> Iterator[str]:
         yield story
 
 
+class UnfinishedStory(str):
+    """Text of a story that goes on after it (a fragment): no end-of-story token follows it in the token stream.
+
+    Records marked `"kind": "head_only"` or `"middle"` (TinyStories fragments: a story's beginning or
+    middle, cut off) are read as such; `"tail_only"` pieces and whole stories end their story.
+    """
+
+
+UNFINISHED_KINDS = ("head_only", "middle")
+
+
 def _record_text(record, where: str, text_field: str, problems: _Problems) -> str | None:
     if isinstance(record, str):
         return record
@@ -295,7 +312,7 @@ def _record_text(record, where: str, text_field: str, problems: _Problems) -> st
     if not isinstance(value, str):
         problems.report(where, "not text", f"field {text_field!r} is {type(value).__name__}, not a string")
         return None
-    return value
+    return UnfinishedStory(value) if record.get("kind") in UNFINISHED_KINDS else value
 
 
 def _read_jsonl(path: Path, text_field: str, problems: _Problems) -> Iterator[str]:
@@ -428,11 +445,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def _document_ids(ids: list[int], tokenizer) -> list[int]:
-    """A story's ids as they go into the stream: [bos] + ids + [eot] (bos only if distinct from eot)."""
+def _document_ids(ids: list[int], tokenizer, ends: bool = True) -> list[int]:
+    """A story's ids as they go into the stream: [bos] + ids + [eot] (bos only if distinct from eot; no eot
+    after a piece of a story that goes on, an `UnfinishedStory`)."""
     bos = getattr(tokenizer, "bos_id", None)
     prefix = [bos] if bos is not None and bos != tokenizer.eot_id else []
-    return prefix + ids + [tokenizer.eot_id]
+    return prefix + ids + ([tokenizer.eot_id] if ends else [])
 
 
 def _encoded_chunks(texts: Iterable[str], tokenizer, chunk_documents: int = 512,
@@ -441,7 +459,8 @@ def _encoded_chunks(texts: Iterable[str], tokenizer, chunk_documents: int = 512,
     texts = iter(texts)
     while chunk := list(itertools.islice(texts, chunk_documents)):
         encoded = tokenizer.encode_batch(chunk)
-        yield [_document_ids(ids, tokenizer) for ids in encoded], sum(len(t.encode("utf-8")) for t in chunk)
+        yield ([_document_ids(ids, tokenizer, ends=not isinstance(text, UnfinishedStory))
+                for text, ids in zip(chunk, encoded)], sum(len(t.encode("utf-8")) for t in chunk))
 
 
 @contextmanager
@@ -818,12 +837,12 @@ class StreamingBatches:
         problems = _Problems(self.strict, self.stats)
         rows = itertools.islice(enumerate(self._stream(epoch)), skip, None)
         texts = _rows_to_texts(rows, f"hf:{self.name}", self.text_field, problems)
-        cleaned = ((index + 1, clean_story(text, self.stats)) for index, text in texts)
+        cleaned = ((index + 1, _clean_document(text, self.stats)) for index, text in texts)
         kept = ((consumed, text) for consumed, text in cleaned if text is not None)
         while chunk := list(itertools.islice(kept, 256)):
             encoded = self.tokenizer.encode_batch([text for _, text in chunk])
-            for (consumed, _), ids in zip(chunk, encoded):
-                yield consumed, _document_ids(ids, self.tokenizer)
+            for (consumed, text), ids in zip(chunk, encoded):
+                yield consumed, _document_ids(ids, self.tokenizer, ends=not isinstance(text, UnfinishedStory))
 
     def _epoch_batches(self, epoch: int, skip: int, leftover: list[int]) -> Iterator[tuple[Batch, dict]]:
         """(batch, state to resume right after it) until this epoch's stream runs out."""

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .tokenizer import story_start_id
+
 IGNORE = -100  # target id the model's loss ignores (unscored or padding)
 LOGIT_ROWS = 1024  # scored positions per lm_head call: bounds memory with a 50K vocabulary
 
@@ -31,15 +33,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def story_start_id(tokenizer) -> int:
-    """The token a story is scored after: BOS when the tokenizer has one (llama2.c), else the
-    end-of-story token that precedes every story in an <|endoftext|>-separated stream (GPT-2 style).
-
-    Either way the story's first word is a target, so every tokenizer is scored on the same text.
-    """
-    return tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eot_id
 
 
 def sliding_windows(n_inputs: int, context: int, stride: int) -> list[tuple[int, int, int]]:

@@ -6,8 +6,9 @@ The engine is model-agnostic: it only uses `model.config.context_length`, `model
 models and wrapped Hugging Face models all run through it unchanged.
 
 The rules, in one place:
-- prompt: `tokenizer.bos_id` first (when there is one); a prompt too long for the context keeps
-  its last tokens, with a warning (see `encode_prompt`).
+- prompt: the story-start token first (`story_start_id`: BOS, or the end-of-story token that precedes
+  every training story); a prompt too long for the context keeps its last tokens, with a warning
+  (see `encode_prompt`).
 - context: when prompt + story fill the model's context, the window slides: the model re-reads
   the last half of the context (the cache is rebuilt from it) and goes on. So max_new_tokens may
   exceed the context, and no forward call ever sees more than `context_length` positions.
@@ -25,6 +26,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .defaults import BEAM_NO_REPEAT_NGRAM, STORY_DEFAULTS
+from .tokenizer import story_start_id
+
 METHODS = ("greedy", "beam", "sample")
 MAX_PROMPT_CHARS = 20_000
 EXAMPLE_PROMPT = "Once upon a time, there was a little girl named Lily."
@@ -32,9 +36,19 @@ NEG_INF = float("-inf")
 NUCLEUS_FIRST_GUESS = 256  # top-p looks for the nucleus among this many best tokens first
 
 
-# Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the
-# usual remedy (the CLI and the compare tables use it for beam search unless told otherwise).
-BEAM_NO_REPEAT_NGRAM = 3
+
+def story_config(**overrides) -> "GenerationConfig":
+    """A GenerationConfig with the story defaults (STORY_DEFAULTS) for sampling, and overrides on top.
+
+    Greedy and beam search take the story defaults' length only (plus beam's no-repeat 3-gram block).
+    """
+    method = overrides.get("method", "sample")
+    settings = dict(STORY_DEFAULTS) if method == "sample" else {"max_new_tokens": STORY_DEFAULTS["max_new_tokens"]}
+    if method == "beam":
+        settings["no_repeat_ngram_size"] = BEAM_NO_REPEAT_NGRAM
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return GenerationConfig(**settings)
+
 
 @dataclass
 class GenerationConfig:
@@ -133,13 +147,14 @@ def check_prompt(prompt: str) -> str:
 
 
 def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: int = 1) -> tuple[list[int], bool]:
-    """Token ids the model reads first: bos (if any) + the prompt, left-truncated to fit; and whether it was cut.
+    """Token ids the model reads first: the story-start token + the prompt, left-truncated to fit; and whether it
+    was cut.
 
     A prompt longer than `prompt_token_limit(context_length, max_new_tokens)` tokens keeps its last
     tokens (the end of a prompt matters most for what comes next) and warns.
     """
     check_prompt(prompt)
-    prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    prefix = [story_start_id(tokenizer)]
     ids = tokenizer.encode(prompt)
     limit = prompt_token_limit(context_length, max_new_tokens)
     keep = max(limit - len(prefix), 1)
@@ -282,10 +297,13 @@ class _Decoding:
         self.rows = torch.empty(batch, total, dtype=torch.long, device=self.device)  # (B, P + N)
         self.rows[:, :self.prompt_length] = prompt
         self.window = _Window(model, batch, total, config.use_cache)
-        self.seen = None  # (B, V) bool: tokens already in prompt + story, for the repetition penalty
+        # the repetition penalty and the n-gram ban look at the text: prompt + story after the story-start token
+        # (the end-of-story token there is no reason to penalise the story's end)
+        self.text_start = 1
+        self.seen = None  # (B, V) bool: tokens already in the text, for the repetition penalty
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(batch, self.vocab_size, dtype=torch.bool, device=self.device)
-            self.seen[:, prompt] = True
+            self.seen[:, prompt[self.text_start:]] = True
 
     def logits(self, length: int) -> torch.Tensor:
         """Next-token logits (B, V) with the vocabulary limit, the repetition penalty and the n-gram ban applied."""
@@ -295,7 +313,7 @@ class _Decoding:
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, self.config.repetition_penalty)
         if self.config.no_repeat_ngram_size:
-            logits = ban_repeated_ngrams(logits, self.rows[:, :length], self.config.no_repeat_ngram_size)
+            logits = ban_repeated_ngrams(logits, self.rows[:, self.text_start:length], self.config.no_repeat_ngram_size)
         return logits
 
     def append(self, length: int, tokens: torch.Tensor) -> None:

@@ -21,6 +21,15 @@ PRESETS: dict[str, dict] = {
         "model": {"context_length": 256, "n_layer": 4, "n_head": 4, "n_embd": 128},
         "train": {"batch_size": 32, "lr": 2e-3, "warmup_steps": 200},
     },
+    # The recipe for a storyteller of your own (docs/experiments.md, "Training recipe"): Llama-style blocks,
+    # Muon for the weight matrices, WSD schedule; a 4K BPE trained on the stories. The bundled model's shape.
+    "story": {
+        "model": {"context_length": 256, "n_layer": 4, "n_head": 4, "n_embd": 256, "position": "rope",
+                  "norm": "rmsnorm", "activation": "swiglu", "bias": False},
+        "train": {"vocab_size": 4096, "batch_size": 16, "optimizer": "muon", "muon_lr": 0.02, "lr": 0.002,
+                  "warmup_steps": 30, "schedule": "wsd", "decay_fraction": 0.2, "min_lr_ratio": 0.05,
+                  "weight_decay": 0.1},
+    },
     "small": {
         "model": {"context_length": 256, "n_layer": 4, "n_head": 4, "n_embd": 256},
         "train": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 200},

@@ -212,3 +212,15 @@ def train_tokenizer(source, vocab_size: int, out_dir: str | os.PathLike, max_doc
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
     return tokenizer
+
+
+def story_start_id(tokenizer) -> int:
+    """The token every story starts after, in training, generation and evaluation alike: BOS when the tokenizer
+    has one (llama2.c), else the end-of-story token that precedes every story in an <|endoftext|>-separated
+    stream (GPT-2 style).
+
+    So a prompt is read as the beginning of a story, as every training story was (measured: the rest of a
+    validation story after its first sentence costs 0.7301 bits per byte after this token against 0.7311
+    without, docs/experiments.md), and in evaluation a story's first word is a target for every tokenizer.
+    """
+    return tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eot_id

@@ -21,10 +21,12 @@ import torch
 from . import checkpoint as ckpt
 from .model import GPT, GPTConfig
 from .modeldir import load_model, save_model, write_json
+from .optim import Muon, Optimizers
 from .presets import get_preset
 from .runtime import tune_allocator
 
 SCHEDULES = ("cosine", "wsd", "constant")
+OPTIMIZERS = ("adamw", "muon")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MODES = ("packed", "padded")
 
@@ -43,9 +45,13 @@ class TrainConfig:
     init_from: str | None = None  # fine-tune: start from this model's weights and tokenizer
     epochs: float | None = 1.0
     max_steps: int | None = None  # overrides epochs
+    minutes: float | None = None  # a wall-clock budget: overrides both; the schedule follows the budget used
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-3  # AdamW's peak (with Muon: embeddings, output layer, norms and biases)
+    optimizer: str = "adamw"  # muon: Muon for the blocks' weight matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak learning rate (updates scaled by sqrt(max(1, rows/cols)))
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     schedule: str = "cosine"
@@ -77,9 +83,14 @@ class TrainConfig:
         need(self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.minutes is None or self.minutes > 0, f"minutes must be > 0, got {self.minutes}")
+        need(self.muon_lr > 0 and 0 <= self.muon_momentum < 1,
+             f"muon_lr must be > 0 and muon_momentum in [0, 1), got {self.muon_lr} and {self.muon_momentum}")
         need(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        need(self.max_steps is not None or self.epochs is not None, "give epochs or max_steps")
+        need(self.max_steps is not None or self.epochs is not None or self.minutes is not None,
+             "give epochs, max_steps or minutes")
         for name in ("batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every", "eval_batches"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -128,14 +139,27 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    """Linear warmup, then cosine decay (or WSD: stable, then a linear decay) to min_lr_ratio * lr."""
+def learning_rate(step: int, total_steps: int | None, config: TrainConfig, budget_used: float | None = None) -> float:
+    """Linear warmup, then cosine decay (or WSD: stable, then a linear decay) to min_lr_ratio * lr.
+
+    The schedule follows the share of steps done, or with a time budget (`minutes`) the share of the
+    budget used, `budget_used` in [0, 1]: a run told to train for 10 minutes ends decayed whatever its speed.
+    """
     peak, floor = config.lr, config.lr * config.min_lr_ratio
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if budget_used is None:
+        warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    else:
+        warmup = config.warmup_steps
     if step < warmup:
         return peak * (step + 1) / warmup
     if config.schedule == "constant":
         return peak
+    if budget_used is not None:  # the same shapes over the share of time used
+        used = min(max(budget_used, 0.0), 1.0)
+        if config.schedule == "wsd":
+            start = 1.0 - config.decay_fraction
+            return peak if used < start else peak + (floor - peak) * (used - start) / config.decay_fraction
+        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * used))
     if config.schedule == "wsd":
         decay_start = total_steps - max(1, int(config.decay_fraction * total_steps))
         if step < decay_start:
@@ -291,10 +315,36 @@ def build_model(config: TrainConfig, tokenizer, device) -> tuple[GPT, dict]:
     return GPT(model_config).to(device), {}
 
 
-def make_optimizer(model: GPT, config: TrainConfig, device) -> torch.optim.Optimizer:
-    groups = model.param_groups(config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
-                             fused=device.type in ("cuda", "cpu"))
+def make_optimizer(model: GPT, config: TrainConfig, device, kind: str | None = None):
+    """AdamW over every parameter (decay on matrices only), or Muon for the blocks' weight matrices with
+    AdamW for embeddings, output layer, norms and biases, as nanochat and modded-nanogpt train.
+
+    Each parameter group carries its peak learning rate as `base_lr`; the schedule scales it.
+    """
+    kind = kind or config.optimizer
+    fused = device.type in ("cuda", "cpu")
+    betas = (config.beta1, config.beta2)
+    if kind == "adamw":
+        groups = model.param_groups(config.weight_decay)
+        for group in groups:
+            group["base_lr"] = config.lr
+        return torch.optim.AdamW(groups, lr=config.lr, betas=betas, fused=fused)
+    matrices = [p for p in model.blocks.parameters() if p.requires_grad and p.dim() == 2]
+    chosen = {id(p) for p in matrices}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    adam_groups = [{"params": [p for p in others if p.dim() >= 2], "weight_decay": 0.0, "base_lr": config.lr},
+                   {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0, "base_lr": config.lr}]
+    # decoupled decay shrinks weights by lr * weight_decay per step: scaled so that Muon's matrices shrink
+    # as fast as under AdamW at the same weight_decay
+    muon = Muon([{"params": matrices, "base_lr": config.muon_lr}], lr=config.muon_lr,
+                weight_decay=config.weight_decay * config.lr / config.muon_lr, momentum=config.muon_momentum)
+    adam = torch.optim.AdamW([g for g in adam_groups if g["params"]], lr=config.lr, betas=betas, fused=fused)
+    return Optimizers(muon=muon, adamw=adam)
+
+
+def saved_optimizer_kind(state: dict) -> str:
+    """Which optimizer wrote a checkpoint's optimizer state (a run resumes with the optimizer it began with)."""
+    return "muon" if "muon" in state else "adamw"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,13 +394,17 @@ def train(config: TrainConfig) -> TrainResult:
                            seed=config.seed, rank=runtime.rank, world_size=runtime.world_size,
                            text_field=config.text_field)
     total_steps = _total_steps(config, batches, runtime)
-    optimizer = make_optimizer(model, config, runtime.device)
+    budget = config.minutes * 60 if config.minutes else None
+    kind = saved_optimizer_kind(trainer_state["optimizer"]) if trainer_state is not None else config.optimizer
+    optimizer = make_optimizer(model, config, runtime.device, kind)
     precision = resolve_precision(config, runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=precision == "fp16")
 
     step, history = 0, {"steps": [], "evals": [], "epochs": []}
     if trainer_state is not None:
         optimizer.load_state_dict(trainer_state["optimizer"])
+        for group in optimizer.param_groups:  # checkpoints from before per-group learning rates
+            group.setdefault("base_lr", config.lr)
         scaler.load_state_dict(trainer_state["scaler"])
         set_rng_state(trainer_state["rng"])
         batches.load_state_dict(rescale_data_state(saved_state["data"], saved_state.get("world_size", 1),
@@ -371,22 +425,28 @@ def train(config: TrainConfig) -> TrainResult:
                               "base_model_card": init_card or None}}
     if runtime.is_main:
         write_json(run_dir / "run.json", {"config": asdict(config), "model": model.config.to_dict(),
-                                          "total_steps": total_steps, "precision": precision,
+                                          "total_steps": total_steps, "minutes": config.minutes,
+                                          "optimizer": kind, "precision": precision,
                                           "world_size": runtime.world_size})
 
-    reporter = _Reporter(config, total_steps, step, enabled=config.progress and runtime.is_main)
+    reporter = _Reporter(config, total_steps or 0, step, enabled=config.progress and runtime.is_main)
     data_iter = iter(batches)
     tokens_per_step = config.batch_size * seq_len * config.grad_accum * runtime.world_size
     elapsed_before = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
     start_time = time.perf_counter()
     epoch_acc = _EpochAccumulator(history, batches.epoch, saved_state.get("epoch_progress") if saved_state else None)
     last_loss, val_loss = float("nan"), None
+    def budget_used() -> float | None:
+        return None if budget is None else (elapsed_before + time.perf_counter() - start_time) / budget
+
+    finished = step >= total_steps if budget is None else budget_used() >= 1
     with reporter:
-        while step < total_steps:
+        while not finished:
             t0 = time.perf_counter()
-            lr = learning_rate(step, total_steps, config)
+            lr = learning_rate(step, total_steps, config, budget_used())
+            factor = lr / config.lr
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["base_lr"] * factor
             micro = [next(data_iter) for _ in range(config.grad_accum)]
             scored = sum(int((b.targets != -100).sum()) for b in micro)
             loss_sum = torch.zeros((), device=runtime.device)
@@ -409,25 +469,27 @@ def train(config: TrainConfig) -> TrainResult:
 
             last_loss = _mean_across_ranks(loss_sum, runtime).item()
             elapsed = elapsed_before + time.perf_counter() - start_time
+            # every process stops after the same step (rank 0's clock decides under a time budget)
+            finished = step >= total_steps if budget is None else _all_agree(elapsed >= budget, runtime)
             record = {"step": step, "loss": last_loss, "grad_norm": float(grad_norm), "lr": lr,
                       "tokens_per_s": tokens_per_step / max(time.perf_counter() - t0, 1e-9),
                       "elapsed": elapsed, "epoch": batches.epoch, "tokens": step * tokens_per_step}
-            if step % config.log_every == 0 or step == total_steps or step == 1:
+            if step % config.log_every == 0 or finished or step == 1:
                 history["steps"].append(record)
                 if runtime.is_main:  # lets `tinytales plot` follow a running job
                     write_json(run_dir / "history.json", history)
             epoch_acc.add(record)
-            reporter.update(step, record)
+            reporter.update(step, record, None if budget is None else int(step / max(elapsed / budget, 1e-9)))
 
             epoch_ended = batches.epoch != epoch_acc.epoch
-            if config.val_data and (step % config.eval_every == 0 or step == total_steps or epoch_ended):
+            if config.val_data and (step % config.eval_every == 0 or finished or epoch_ended):
                 val_loss = estimate_val_loss(model, config, tokenizer, seq_len, precision, runtime)
                 history["evals"].append({"step": step, "val_loss": val_loss, "elapsed": elapsed})
                 reporter.note(f"step {step}: val loss {val_loss:.4f}")
             if epoch_ended:
                 row = epoch_acc.close(val_loss, elapsed, batches.epoch)
                 reporter.note(_format_epoch(row))
-            if step % config.checkpoint_every == 0 or epoch_ended or step == total_steps:
+            if step % config.checkpoint_every == 0 or epoch_ended or finished:
                 if runtime.is_main:
                     _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base,
                           epoch_acc)
@@ -452,7 +514,9 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(run_dir, model_dir, step, last_loss, val_loss, history, model)
 
 
-def _total_steps(config: TrainConfig, batches, runtime: Runtime) -> int:
+def _total_steps(config: TrainConfig, batches, runtime: Runtime) -> int | None:
+    if config.minutes:
+        return None  # the time budget decides
     if config.max_steps:
         return config.max_steps
     per_epoch = batches.batches_per_epoch
@@ -478,6 +542,17 @@ def rescale_data_state(state: dict, old_world: int, new_world: int) -> dict:
     if "leftover" in state:
         state["leftover"] = []
     return state
+
+
+def _all_agree(flag: bool, runtime: Runtime) -> bool:
+    """Rank 0's flag, on every process."""
+    if runtime.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -583,8 +658,11 @@ class _Reporter:
             self.task = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
         return self
 
-    def update(self, step: int, record: dict):
+    def update(self, step: int, record: dict, total: int | None = None):
+        """total: the estimated number of steps, under a time budget."""
         if self.progress:
+            if total:
+                self.progress.update(self.task, total=max(total, step))
             self.progress.update(self.task, completed=step, loss=f"{record['loss']:.3f}",
                                  speed=f"{record['tokens_per_s']:,.0f}")
 

@@ -92,3 +92,64 @@ def compare(
         from rich.markdown import Markdown
 
         console.print(Markdown(text))
+
+
+@app.command()
+@user_errors
+def grade(
+    judge_url: str = typer.Option(..., help="OpenAI-compatible chat endpoint, e.g. https://api.openai.com/v1 or "
+                                            "http://localhost:11434/v1 (ollama)."),
+    judge_model: str = typer.Option(..., help="The judge's model name (gpt-4o-mini, llama3, ...)."),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key (if any)."),
+    stories: Optional[Path] = typer.Option(None, help="Stories to grade: the output of `tinytales compare --json`."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Or: write stories with this model (repeat); "
+                                                                   "default: the bundled model."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Story openings for --model (repeat)."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="Decoding methods for --model (repeat); "
+                                                                     "default: top-p."),
+    max_new_tokens: int = typer.Option(300, help="Tokens per written story at most."),
+    seed: int = typer.Option(0, help="Random seed of the written stories."),
+    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of Markdown."),
+):
+    """Grade stories with an LLM judge, as the TinyStories paper does: grammar, creativity, consistency with
+    the beginning and plot (1-10 each) and the judge's guess of the reader's age.
+
+    Examples:
+
+      tinytales compare --prompt "Once upon a time" --method greedy --method top-p --json > stories.json
+      tinytales grade --stories stories.json --judge-url https://api.openai.com/v1 --judge-model gpt-4o-mini
+
+      tinytales grade --prompt "The little dragon" --prompt "Lily had a kite" --judge-url http://localhost:11434/v1 --judge-model llama3
+    """
+    import json
+
+    from ..compare import compare as run_compare
+    from ..grade import Judge, grade_stories, stories_from_compare
+    from .common import fail
+
+    judge = Judge(judge_url, judge_model, key_env=judge_key_env)
+    if stories is not None:
+        if model or prompt:
+            raise ValueError("give either --stories or --model/--prompt, not both")
+        items = stories_from_compare(stories)
+    else:
+        if not prompt:
+            raise ValueError("nothing to grade: pass --stories FILE (from tinytales compare --json) or --prompt")
+        written = run_compare(list(model) if model else [None], list(prompt), list(method) if method else ["top-p"],
+                              max_new_tokens=max_new_tokens, seed=seed)
+        items = [{"prompt": o.prompt, "text": o.text, "model": o.model, "method": o.method} for o in written.outputs]
+    try:
+        report = grade_stories(items, judge, progress=not as_json and sys.stderr.isatty())
+    except RuntimeError as e:
+        fail(str(e))
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n" if as_json else report.to_markdown()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        from rich.markdown import Markdown
+
+        console.print(Markdown(text))

@@ -7,13 +7,11 @@ from typing import Optional
 
 import typer
 
+from ..defaults import STORY_DEFAULTS
 from . import app
 from .common import console, err_console, print_json, user_errors
 
 DEFAULT_PROMPT = "Once upon a time"
-# Sampling settings that give good children's stories (the library's own defaults are the neutral 1.0 / 1.0).
-STORY_TEMPERATURE = 0.8
-STORY_TOP_P = 0.95
 
 
 @app.command()
@@ -25,17 +23,25 @@ def generate(
                                              "(default: the bundled model)."),
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
     method: str = typer.Option("sample", help="sample, greedy or beam."),
-    temperature: float = typer.Option(STORY_TEMPERATURE, help="Sampling temperature, >= 0 (0 = greedy)."),
-    top_k: int = typer.Option(0, help="Sample among the k most likely tokens (0 = off)."),
-    top_p: float = typer.Option(STORY_TOP_P, help="Nucleus sampling: smallest set with this probability, (0, 1]."),
-    min_p: float = typer.Option(0.0, help="Drop tokens below min_p x the best token's probability, [0, 1)."),
-    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages tokens already in the text (1 = off)."),
+    temperature: Optional[float] = typer.Option(
+        None, help=f"Sampling temperature, >= 0 (0 = greedy; story default {STORY_DEFAULTS['temperature']}).",
+        show_default=False),
+    top_k: Optional[int] = typer.Option(None, help=f"Sample among the k most likely tokens (0 = off; story default "
+                                                   f"{STORY_DEFAULTS['top_k']}).", show_default=False),
+    top_p: Optional[float] = typer.Option(None, help=f"Nucleus sampling: smallest set with this probability, (0, 1] "
+                                                     f"(story default {STORY_DEFAULTS['top_p']}).", show_default=False),
+    min_p: Optional[float] = typer.Option(None, help=f"Drop tokens below min_p x the best token's probability, "
+                                                     f"[0, 1) (story default {STORY_DEFAULTS['min_p']}).",
+                                          show_default=False),
+    repetition_penalty: Optional[float] = typer.Option(
+        None, help=f"> 1 discourages tokens already in the text (1 = off; story default "
+                   f"{STORY_DEFAULTS['repetition_penalty']}).", show_default=False),
     no_repeat_ngram: Optional[int] = typer.Option(None, help="Never repeat an n-gram of this size (0 = off; "
-                                                             "default 3 for beam search, which loops without it, "
-                                                             "else 0)."),
+                                                             "default 3 for beam search, which loops without it; "
+                                                             f"story default {STORY_DEFAULTS['no_repeat_ngram_size']})."),
     num_beams: int = typer.Option(4, help="Beams for --method beam."),
     length_penalty: float = typer.Option(1.0, help="Beam score = log-prob / length ** length_penalty."),
-    max_new_tokens: int = typer.Option(200, help="Most new tokens per story."),
+    max_new_tokens: int = typer.Option(STORY_DEFAULTS["max_new_tokens"], help="Most new tokens per story."),
     num_samples: int = typer.Option(1, help="Stories to tell (beam: the best hypotheses, at most --num-beams)."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
     stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
@@ -47,7 +53,7 @@ def generate(
 ):
     """Continue a prompt into a story.
 
-    Defaults: --method sample --temperature 0.8 --top-p 0.95 --max-new-tokens 200 (good children's stories).
+    Defaults: sampling with the story defaults (tinytales.generate.STORY_DEFAULTS, chosen by measurement).
     --method greedy is deterministic; --method beam keeps the --num-beams most likely continuations.
     A story ends at the model's end-of-story token; past the model's context the window slides.
 
@@ -61,15 +67,13 @@ def generate(
     """
     from rich.markup import escape
 
-    from ..generate import BEAM_NO_REPEAT_NGRAM, GenerationConfig, check_prompt, generate as tell
+    from ..generate import check_prompt, generate as tell, story_config
 
     prompt = check_prompt(DEFAULT_PROMPT if prompt is None else prompt)  # before the (slower) model loading
-    if no_repeat_ngram is None:
-        no_repeat_ngram = BEAM_NO_REPEAT_NGRAM if method == "beam" else 0
-    config = GenerationConfig(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                              no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
-                              length_penalty=length_penalty, num_samples=num_samples, seed=seed)
+    config = story_config(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                          no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
+                          length_penalty=length_penalty, num_samples=num_samples, seed=seed)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")

@@ -17,13 +17,17 @@ def train(
     data: Optional[str] = typer.Option(None, help="Training stories: file, folder, glob, prepared folder or hf:DATASET."),
     val_data: Optional[str] = typer.Option(None, help="Validation stories (same kinds of source)."),
     out: Optional[str] = typer.Option(None, help="Run directory (checkpoints, history, final model)."),
-    preset: Optional[str] = typer.Option(None, help="Model + training preset: tiny, seed, micro, small."),
+    preset: Optional[str] = typer.Option(None, help="Model + training preset: story (the recommended recipe), tiny, seed, micro, small."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (flags override it)."),
     tokenizer: Optional[str] = typer.Option(None, help="gpt2, a tokenizer.json or a model dir; default: train one."),
     vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the tokenizer trained when none is given."),
     mode: Optional[str] = typer.Option(None, help="packed (fixed-length, fast) or padded (dynamic padding)."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the data."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
+    minutes: Optional[float] = typer.Option(None, help="Train for this many minutes of wall-clock time: the schedule "
+                                                       "follows the budget used (overrides --epochs/--max-steps)."),
+    optimizer: Optional[str] = typer.Option(None, help="muon (Muon for weight matrices + AdamW) or adamw."),
+    muon_lr: Optional[float] = typer.Option(None, help="Muon's peak learning rate (with --optimizer muon)."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -56,12 +60,12 @@ def train(
     from ..train import TrainConfig, train as run_training
 
     overrides = dict(data=data, val_data=val_data, out=out, tokenizer=tokenizer, vocab_size=vocab_size, mode=mode,
-                     epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                     epochs=epochs, max_steps=max_steps, minutes=minutes, optimizer=optimizer, muon_lr=muon_lr, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                      schedule=schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, precision=precision,
                      device=device, checkpoint_every=checkpoint_every, eval_every=eval_every, keep_last=keep_last,
                      seed=seed, resume=resume, init_from=init_from, threads=threads, compile=compile,
                      model={"dropout": dropout} if dropout is not None else None)
-    if max_steps is not None and epochs is None:
+    if (max_steps is not None or minutes is not None) and epochs is None:
         overrides["epochs"] = None
     settings = TrainConfig.from_sources(preset=preset, config_file=str(config) if config else None, **overrides)
     settings.progress = sys.stdout.isatty() and not as_json

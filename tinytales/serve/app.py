@@ -265,16 +265,13 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
     # ------------------------------------------------------------------ the TinyTales API
 
     def story_config(req: GenerateRequest) -> engine.GenerationConfig:
-        no_repeat = req.no_repeat_ngram_size
-        if no_repeat is None:
-            no_repeat = engine.BEAM_NO_REPEAT_NGRAM if req.method == "beam" else 0
         settings = dict(method=req.method, max_new_tokens=req.max_new_tokens, seed=req.seed,
-                        repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=no_repeat)
+                        repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
         if req.method == "sample":
             settings.update(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p)
         elif req.method == "beam":
             settings.update(num_beams=req.num_beams, length_penalty=req.length_penalty)
-        return check(engine.GenerationConfig, **settings)
+        return check(engine.story_config, **settings)
 
     @app.post("/api/generate", summary="Tell one story (JSON, or Server-Sent Events with stream: true)",
               responses={200: SSE_RESPONSE, **ERRORS})

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..defaults import STORY_DEFAULTS
+
 MAX_PROMPT_CHARS = 2000
 MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 8
@@ -42,14 +44,22 @@ class GenerateRequest(BaseModel):
     method: Literal["sample", "greedy", "beam"] = Field(
         "sample", description="sample: random and varied; greedy: the most likely word each time; "
                               "beam: the most likely story among num_beams candidates.")
-    max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS, description="Story length limit in tokens.")
-    temperature: float = Field(0.8, ge=MIN_TEMPERATURE, le=2.0, description="sample: higher is more surprising.")
-    top_k: int = Field(50, ge=0, le=MAX_TOP_K, description="sample: keep the k likeliest tokens (0 = all).")
-    top_p: float = Field(0.95, ge=MIN_TOP_P, le=1.0, description="sample: keep the likeliest tokens up to this mass.")
-    min_p: float = Field(0.0, ge=0.0, lt=1.0, description="sample: drop tokens below min_p x the top probability.")
-    repetition_penalty: float = Field(1.0, ge=1.0, le=2.0, description="Discourage repeated tokens (1 = off).")
+    # defaults: the story defaults (tinytales.generate.STORY_DEFAULTS), as on the command line
+    max_new_tokens: int = Field(STORY_DEFAULTS["max_new_tokens"], ge=1, le=MAX_NEW_TOKENS,
+                                description="Story length limit in tokens.")
+    temperature: float = Field(STORY_DEFAULTS["temperature"], ge=MIN_TEMPERATURE, le=2.0,
+                               description="sample: higher is more surprising.")
+    top_k: int = Field(STORY_DEFAULTS["top_k"], ge=0, le=MAX_TOP_K,
+                       description="sample: keep the k likeliest tokens (0 = all).")
+    top_p: float = Field(STORY_DEFAULTS["top_p"], ge=MIN_TOP_P, le=1.0,
+                         description="sample: keep the likeliest tokens up to this mass.")
+    min_p: float = Field(STORY_DEFAULTS["min_p"], ge=0.0, lt=1.0,
+                         description="sample: drop tokens below min_p x the top probability.")
+    repetition_penalty: float = Field(STORY_DEFAULTS["repetition_penalty"], ge=1.0, le=2.0,
+                                      description="Discourage repeated tokens (1 = off).")
     no_repeat_ngram_size: int | None = Field(None, ge=0, le=10, description="Never repeat an n-gram of this size "
-                                                                        "(0 = off; default 3 for beam, else 0).")
+                                                                        "(0 = off; default 3 for beam, else the "
+                                                                        "story default).")
     num_beams: int = Field(4, ge=2, le=MAX_BEAMS, description="beam: candidates kept at each step.")
     length_penalty: float = Field(1.0, ge=-2.0, le=2.0, description="beam: > 1 favours longer stories.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same story (sampling).")

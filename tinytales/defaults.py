@@ -1,0 +1,15 @@
+"""The story defaults, in one place (no torch import: the command line reads them before loading a model).
+
+How `tinytales generate`, `/api/generate` and the page tell a story unless told otherwise: sampling with these
+settings, chosen by measurement against loops and endings (docs/experiments.md, "Story defaults").
+`--method greedy` stays plain greedy; beam search blocks repeated 3-grams. GenerationConfig's own defaults
+stay the neutral ones (temperature 1, no filters), as in other libraries.
+"""
+from __future__ import annotations
+
+STORY_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0,
+                  "no_repeat_ngram_size": 0, "max_new_tokens": 200}
+
+# Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the
+# usual remedy (the CLI, the API and the compare tables use it for beam search unless told otherwise).
+BEAM_NO_REPEAT_NGRAM = 3
