@@ -28,9 +28,10 @@ CANDIDATES = {
     "greedy": GenerationConfig(method="greedy"),
     "T0.8 top-p 0.95": GenerationConfig(temperature=0.8, top_p=0.95),
     "T0.8 top-p 0.95 rep 1.1": GenerationConfig(temperature=0.8, top_p=0.95, repetition_penalty=1.1),
+    "T0.8 top-p 0.95 rep 1.05": GenerationConfig(temperature=0.8, top_p=0.95, repetition_penalty=1.05),
     "T0.8 top-p 0.95 no-repeat 4": GenerationConfig(temperature=0.8, top_p=0.95, no_repeat_ngram_size=4),
     "T0.9 min-p 0.05": GenerationConfig(temperature=0.9, min_p=0.05),
-    "story default": story_config(),
+    "story defaults": story_config(),  # tinytales.defaults.STORY_DEFAULTS
 }
 
 

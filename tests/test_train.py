@@ -211,3 +211,17 @@ def test_orthogonalize_flattens_the_singular_values():
         assert orthogonalize(g).shape == g.shape
         assert before.max() / before.min() > 30
         assert after.min() > 0.3 and after.max() < 1.3  # about U V^T: every direction moves about as much
+
+
+def test_new_runs_get_the_recipe_and_resumed_runs_keep_their_own_settings(tmp_path, jsonl_file):
+    fresh = TrainConfig.from_sources(data="stories.jsonl")
+    assert fresh.preset == "story" and fresh.optimizer == "muon" and fresh.model["position"] == "rope"
+    tuned = TrainConfig.from_sources(data="stories.jsonl", init_from="runs/x/model")  # keeps that model's shape
+    assert tuned.preset is None and tuned.model == {}
+    first = train(tiny_config(tmp_path, jsonl_file, max_steps=4, optimizer="adamw", lr=5e-3))
+    # resumed with no preset and other flags: the run's own settings, what is given now on top
+    again = TrainConfig.from_sources(data=str(jsonl_file), out=str(first.run_dir), resume="auto", max_steps=6)
+    assert (again.preset, again.optimizer, again.lr, again.max_steps) == ("tiny", "adamw", 5e-3, 6)
+    assert again.model["n_embd"] == 32 and again.model["dropout"] == 0.1
+    resumed = train(again)
+    assert resumed.steps == 6 and losses(resumed.history)[:4] == losses(first.history)[:4]

@@ -7,7 +7,7 @@ stay the neutral ones (temperature 1, no filters), as in other libraries.
 """
 from __future__ import annotations
 
-STORY_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.0,
+STORY_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "repetition_penalty": 1.1,
                   "no_repeat_ngram_size": 0, "max_new_tokens": 200}
 
 # Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the

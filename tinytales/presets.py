@@ -26,7 +26,7 @@ PRESETS: dict[str, dict] = {
     "story": {
         "model": {"context_length": 256, "n_layer": 4, "n_head": 4, "n_embd": 256, "position": "rope",
                   "norm": "rmsnorm", "activation": "swiglu", "bias": False},
-        "train": {"vocab_size": 4096, "batch_size": 16, "optimizer": "muon", "muon_lr": 0.02, "lr": 0.002,
+        "train": {"vocab_size": 4096, "batch_size": 16, "optimizer": "muon", "muon_lr": 0.02, "lr": 0.004,
                   "warmup_steps": 30, "schedule": "wsd", "decay_fraction": 0.2, "min_lr_ratio": 0.05,
                   "weight_decay": 0.1},
     },

@@ -100,16 +100,28 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides) -> "TrainConfig":
-        """Preset, then config file (YAML/JSON), then explicit overrides (None values are ignored)."""
+        """Preset, then config file (YAML/JSON), then explicit overrides (None values are ignored).
+
+        A new run with neither a preset, a config file's `model` nor `init_from` gets DEFAULT_PRESET (the
+        recipe). A resumed run starts from the settings it was started with (its run.json), so a run begun
+        before a default changed keeps its own; what is given now goes on top.
+        """
         values: dict = {}
         model: dict = {}
+        loaded = _read_config_file(config_file) if config_file else {}
+        given = {**loaded, **{k: v for k, v in overrides.items() if v is not None}}
+        saved = _saved_settings(given.get("out"), given.get("resume"))
+        if saved is not None:
+            model.update(saved.pop("model", None) or {})
+            values.update(saved)
+        elif preset is None and not loaded.get("model") and not given.get("init_from"):
+            preset = DEFAULT_PRESET
         if preset:
             chosen = get_preset(preset)
             values.update(chosen.get("train", {}))
             model.update(chosen.get("model", {}))
             values["preset"] = preset
-        if config_file:
-            loaded = _read_config_file(config_file)
+        if loaded:
             model.update(loaded.pop("model", {}) or {})
             values.update(loaded)
         model.update(overrides.pop("model", None) or {})
@@ -120,6 +132,32 @@ class TrainConfig:
             raise ValueError(f"unknown training settings {unknown} (from {config_file or 'arguments'}); "
                              f"known settings are: {', '.join(sorted(known))}")
         return cls(model=model, **values)
+
+
+DEFAULT_PRESET = "story"  # what `tinytales train` trains when told nothing else (presets.py)
+
+
+def _saved_settings(out, resume) -> dict | None:
+    """The settings a run being resumed was started with (run.json), or None."""
+    import json
+
+    if resume is None:
+        return None
+    path = Path(str(resume))
+    if str(resume) == "auto":
+        run_dir = Path(out) if out else None
+    elif (path / ckpt.CHECKPOINTS).is_dir():
+        run_dir = path
+    else:
+        run_dir = path.parent.parent  # RUN/checkpoints/step-N
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return None
+    try:
+        saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    known = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in saved.items() if k in known and k not in ("resume", "progress", "plot")}
 
 
 def _read_config_file(path: str) -> dict:

@@ -265,8 +265,11 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
     # ------------------------------------------------------------------ the TinyTales API
 
     def story_config(req: GenerateRequest) -> engine.GenerationConfig:
+        # greedy and beam search stay plain unless the request asks for a penalty (story_config's rule)
+        penalty = req.repetition_penalty if req.method == "sample" or "repetition_penalty" in req.model_fields_set \
+            else None
         settings = dict(method=req.method, max_new_tokens=req.max_new_tokens, seed=req.seed,
-                        repetition_penalty=req.repetition_penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
+                        repetition_penalty=penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
         if req.method == "sample":
             settings.update(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p)
         elif req.method == "beam":
