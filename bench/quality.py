@@ -199,6 +199,11 @@ def plot(result: dict, out: Path) -> Path:
     if result["tinytales_minutes_to_baseline"]:
         ax.axvline(result["tinytales_minutes_to_baseline"], color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(sorted({r["minutes"] for r in result["runs"]})))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("training minutes (wall clock, 2 threads)")
     ax.set_ylabel("bits per byte, 902 validation stories")
     ax.set_title("Story quality per CPU-minute (lower is better)")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from . import app
 from .common import user_errors
 
-BENCHMARKS = ("all", "train", "generate", "data")
+BENCHMARKS = ("all", "train", "generate", "data", "quality")
 
 
 def bench_checkout() -> Path:
@@ -32,7 +32,8 @@ def bench_checkout() -> Path:
 @app.command()
 @user_errors
 def bench(
-    which: str = typer.Argument("all", help="all, train, generate or data."),
+    which: str = typer.Argument("all", help="all (the speed benchmarks), train, generate, data, or quality "
+                                            "(bits per byte per training minute against transformers)."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run in seconds (tiny model, 1 iteration, 1 thread); "
                                                       "results go to bench/results/tmp unless --out."),
     threads: Optional[int] = typer.Option(None, help="Threads per measurement (default 2; --quick: 1)."),
@@ -41,6 +42,8 @@ def bench(
     steps: Optional[int] = typer.Option(None, help="Timed training steps per process."),
     no_levers: bool = typer.Option(False, "--no-levers", help="Skip the TinyTales-only lever measurements."),
     new_tokens: Optional[int] = typer.Option(None, help="New tokens per generation (default 200)."),
+    minutes: Optional[List[float]] = typer.Option(None, "--minutes", help="quality: a training budget in minutes "
+                                                                        "(repeat; default 5 and 10)."),
     out: Optional[Path] = typer.Option(None, help="Results folder (default bench/results)."),
     as_json: bool = typer.Option(False, "--json", help="Print all results as one JSON object at the end."),
 ):
@@ -57,6 +60,8 @@ def bench(
       tinytales bench train --configs seed --reps 3
 
       tinytales bench generate --json
+
+      tinytales bench quality --minutes 5 --minutes 10
     """
     if which not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {which!r}; choose one of {', '.join(BENCHMARKS)}")
@@ -70,6 +75,10 @@ def bench(
                         ("--new-tokens", new_tokens), ("--out", out.resolve() if out else None)):
         if value is not None:
             command += [flag, str(value)]
+    if minutes:
+        if min(minutes) <= 0:
+            raise ValueError(f"--minutes must be > 0, got {minutes}")
+        command += ["--minutes", *map(str, minutes)]
     process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:  # streamed: a full run prints progress for minutes
         typer.echo(line, nl=False)
