@@ -16,6 +16,7 @@ bpb; the crossing is interpolated linearly in log(minutes) between the two budge
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -91,7 +92,7 @@ def train_transformers(config, tokenizer):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
-    schedule = type(config)(**{**config.__dict__, "schedule": "cosine"})  # cosine over the budget, same warmup
+    schedule = dataclasses.replace(config, schedule="cosine")  # cosine over the budget, same warmup
     batches = iter(make_batches(config.data, tokenizer, batch_size=config.batch_size, seq_len=settings.get(
         "context_length", 256), seed=config.seed))
     budget, start, step, loss = config.minutes * 60, time.perf_counter(), 0, float("nan")

@@ -91,10 +91,6 @@ class Optimizers:
     def param_groups(self) -> list[dict]:
         return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
-    @property
-    def state(self):
-        return {p: s for optimizer in self.optimizers.values() for p, s in optimizer.state.items()}
-
     def step(self, closure=None):
         for optimizer in self.optimizers.values():
             optimizer.step()

@@ -73,8 +73,6 @@ def compare(
 
       tinytales compare --model runs/tiny/model --model stories260K_q80.bin --prompt "Once upon a time" --method greedy --method top-p --eval-data valid.jsonl --max-documents 200 --out table.md
     """
-    import json
-
     from ..compare import METHODS, VOCAB_PATH, compare as run_compare
 
     result = run_compare(list(model) if model else [None], list(prompt) if prompt else ["Once upon a time"],
@@ -82,16 +80,7 @@ def compare(
                          max_new_tokens=max_new_tokens, seed=seed, max_documents=max_documents,
                          vocab_path=vocab or VOCAB_PATH, device=device,
                          progress=not as_json and sys.stderr.isatty())
-    text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n" if as_json else result.to_markdown()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        from rich.markdown import Markdown
-
-        console.print(Markdown(text))
+    _show(result.to_dict(), result.to_markdown, out, as_json)
 
 
 @app.command()
@@ -122,8 +111,6 @@ def grade(
 
       tinytales grade --prompt "The little dragon" --prompt "Lily had a kite" --judge-url http://localhost:11434/v1 --judge-model llama3
     """
-    import json
-
     from ..compare import compare as run_compare
     from ..grade import Judge, grade_stories, stories_from_compare
     from .common import fail
@@ -143,12 +130,19 @@ def grade(
         report = grade_stories(items, judge, progress=not as_json and sys.stderr.isatty())
     except RuntimeError as e:
         fail(str(e))
-    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n" if as_json else report.to_markdown()
+    _show(report.to_dict(), report.to_markdown, out, as_json)
+
+
+def _show(data: dict, markdown, out: Optional[Path], as_json: bool) -> None:
+    """Print a result as JSON or Markdown (`markdown()` makes it), and write the same text to `out` if given."""
+    import json
+
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n" if as_json else markdown()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     if as_json:
-        print_json(report.to_dict())
+        print_json(data)
     else:
         from rich.markdown import Markdown
 
