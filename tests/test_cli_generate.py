@@ -116,6 +116,8 @@ def test_long_prompt_warns_on_one_line(tiny_model_dir):
     (["--method", "greedy", "--num-samples", "2"], "greedy decoding tells one story"),
     (["--device", "tpu9"], "unknown device"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--words", "a,b,c,d,e,f"], "6 words asked for; a story can take at most 5"),
+    (["--features", "dialogue,plot"], "unknown feature 'plot'"),
 ])
 def test_bad_values_give_one_line_and_exit_1(tiny_model_dir, args, message):
     result = run("generate", PROMPT, "--model", tiny_model_dir, *args)
@@ -135,6 +137,23 @@ def test_bad_prompts_give_one_line_and_exit_1(tiny_model_dir, prompt, message):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+def test_ingredients_without_a_prompt_let_the_model_begin(tiny_model_dir):
+    result = run("generate", "--model", tiny_model_dir, "--words", "cat, ball", "--features", "Dialogue",
+                 "--method", "greedy", "--max-new-tokens", 10, "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["prompt"] == "" and answer["settings"]["words"] == ["cat", "ball"]
+    assert answer["settings"]["features"] == ["Dialogue"]
+    from tinytales.generate import GenerationConfig, generate
+    from tinytales.modeldir import load_model
+
+    loaded = load_model(tiny_model_dir)
+    expected = generate(loaded.model, loaded.tokenizer, "", GenerationConfig(
+        method="greedy", max_new_tokens=10, words=("cat", "ball"), features=("Dialogue",)))[0]
+    assert answer["stories"][0]["text"] == expected.text
+    assert "not say it was trained with ingredients" in result.stderr  # the tiny model was not
 
 
 def test_prompt_is_checked_before_the_model_is_loaded(tmp_path):

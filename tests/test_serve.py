@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 import tinytales.generate as engine
 from tinytales.cli import app as cli_app
+from tinytales.ingredients import FEATURES
 from tinytales.modeldir import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.background import BackgroundServer
@@ -156,6 +157,26 @@ def test_page_info_health_and_schema(client):
     assert client.get("/healthz").json()["status"] == "ok"
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/generate", "/v1/completions", "/v1/models", "/healthz"} <= set(paths)
+
+
+def test_ingredients_reach_the_engine_from_both_apis(client, tiny_loaded):
+    asked = engine.GenerationConfig(method="greedy", max_new_tokens=8, words=("cat", "ball"), features=("Twist",))
+    expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, "", asked)[0]
+    body = {"prompt": "", "method": "greedy", "max_new_tokens": 8, "words": ["cat", "ball"], "features": ["twist"]}
+    story = client.post("/api/generate", json=body).json()
+    assert story["prompt_tokens"] == expected.prompt_tokens > len(engine.story_head(tiny_loaded.tokenizer))
+    if story["finish_reason"] != "content_filter":
+        assert story["text"] == expected.text
+    completion = client.post("/v1/completions", json={"prompt": "", "max_tokens": 8, "temperature": 0,
+                                                      "words": ["cat", "ball"], "features": ["Twist"]}).json()
+    assert completion["usage"]["prompt_tokens"] == expected.prompt_tokens
+    info = client.get("/api/info").json()["ingredients"]
+    assert info == {"trained": False, "features": list(FEATURES), "max_words": 5}
+
+
+def test_unsuitable_words_are_refused_like_prompts(client):
+    answer = client.post("/api/generate", json={"prompt": "Tom went out.", "words": ["kill"]})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "words"
 
 
 # ---------------------------------------------------------------------------- OpenAI compatibility
@@ -388,6 +409,10 @@ BAD_REQUESTS = [
     ("/api/generate", {"promt": "typo"}, 422, ["promt", "not permitted"]),
     ("/api/generate", {"seed": -1}, 422, ["seed"]),
     ("/api/generate", {"prompt": "   "}, 400, ["prompt is empty"]),
+    ("/api/generate", {"features": ["plot"]}, 400, ["unknown feature 'plot'", "Dialogue"]),
+    ("/api/generate", {"words": ["a", "b", "c", "d", "e", "f"]}, 422, ["words", "at most 5"]),
+    ("/api/generate", {"words": ["dog!"]}, 400, ["'dog!' is not a word"]),
+    ("/v1/completions", {"prompt": "a", "features": ["happyending", "sadending"]}, 400, ["both HappyEnding"]),
     ("/v1/completions", {"prompt": ["a", "b"]}, 422, ["exactly one prompt"]),
     ("/v1/completions", {"prompt": "a", "temperature": 1e-40}, 422, ["temperature must be 0 (greedy) or at least"]),
     ("/v1/completions", {"prompt": "a", "n": 3}, 422, ["n:"]),

@@ -90,6 +90,35 @@ def test_real_model_story_and_another_one(server, page):
     assert page.inner_text("#story").startswith(prompt)
 
 
+def test_story_ingredients_go_with_the_request(server, page, monkeypatch):
+    asked = []
+    scripted_engine(monkeypatch)
+    scripted = engine.stream_events
+
+    def recording(model, tokenizer, prompt, config):
+        asked.append((prompt, config.words, config.features))
+        return scripted(model, tokenizer, prompt, config)
+
+    monkeypatch.setattr(engine, "stream_events", recording)
+    page.goto(server.url)
+    page.wait_for_selector(".idea")
+    assert page.is_visible("#ingredients-hint")  # the tiny model did not learn ingredients: the page says so
+    page.fill("#prompt", "")
+    page.fill("#words", "dog, cake rainy")
+    page.click("input[name=feature][value='Dialogue'] + span")
+    page.click("input[name=feature][value='HappyEnding'] + span")
+    page.click("input[name=feature][value='SadEnding'] + span")  # one ending at a time: happy is unticked
+    assert not page.is_checked("input[name=feature][value='HappyEnding']")
+    page.click("#tell")
+    page.wait_for_selector("#again", state="visible")
+    assert asked == [("", ("dog", "cake", "rainy"), ("Dialogue", "SadEnding"))]
+    assert page.inner_text("#story") == "".join(STORY)
+    page.fill("#words", "a, b, c, d, e, f")
+    page.click("#tell")
+    page.wait_for_selector("#notice", state="visible")
+    assert "at most 5" in page.inner_text("#notice") and len(asked) == 1
+
+
 def test_stop_button_stops_the_story_on_the_server(server, page, monkeypatch):
     scripted_engine(monkeypatch, words=("on ",) * 1000, delay=0.01)
     history = server.app.state.runner.history

@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .ingredients import add_ingredients
+
 log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
@@ -487,7 +489,7 @@ def _progress(enabled: bool, description: str):
 
 
 def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_field: str = "text",
-            strict: bool = False, split: str = "train", progress: bool | None = None) -> dict:
+            strict: bool = False, split: str = "train", progress: bool | None = None, ingredients: float = 0.0) -> dict:
     """Tokenize a source once into out_dir/tokens-00000.bin, ... plus meta.json; returns the meta.
 
     Stories are cleaned, encoded in chunks with `encode_batch` and concatenated, each followed by
@@ -495,7 +497,9 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
     meta.json records the dtype, the counts of tokens, documents and bytes, the tokenizer's vocab
     size, eot id and hash (so loading with another tokenizer fails), cleaning stats and MB/s.
     The folder is written to a temporary name and renamed into place. `tokenizer` may be a spec
-    ("gpt2", a tokenizer.json, a model folder).
+    ("gpt2", a tokenizer.json, a model folder). `ingredients` is the share of whole stories written after
+    their ingredients ("Words: ...", "Features: ...", "Story:"; see tinytales.ingredients), for models that
+    take `generate --words/--features`.
 
     Example: prepare("hf:roneneldan/TinyStories", "gpt2", "data/tinystories-gpt2")
     """
@@ -504,6 +508,8 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
 
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens must be at least 1, got {shard_tokens}")
+    if not 0 <= ingredients <= 1:
+        raise ValueError(f"the share of stories with ingredients must be in [0, 1], got {ingredients}")
     tokenizer = resolve_tokenizer(tokenizer)
     out = Path(out_dir)
     if out.exists() and not is_prepared(out) and (not out.is_dir() or any(out.iterdir())):
@@ -519,6 +525,8 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
     handle, total, documents, nbytes = None, 0, 0, 0
     start = time.perf_counter()
     texts = iter_documents(source, split=split, text_field=text_field, strict=strict, stats=stats)
+    if ingredients:
+        texts = (text if isinstance(text, UnfinishedStory) else add_ingredients(text, ingredients) for text in texts)
     try:
         with _progress(sys.stderr.isatty() if progress is None else progress, "preparing") as update:
             for encoded, chunk_bytes in _encoded_chunks(texts, tokenizer):
@@ -545,7 +553,7 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
         meta = {
             "format": FORMAT_NAME, "format_version": 1, "source": str(source), "split": split,
             "text_field": text_field, "dtype": dtype.name, "tokens": total, "documents": documents,
-            "bytes": nbytes, "shards": shards,
+            "bytes": nbytes, "shards": shards, "ingredients": ingredients,
             "tokenizer": {"vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
                           "bos_id": getattr(tokenizer, "bos_id", None), "hash": tokenizer_hash(tokenizer)},
             "cleaning": stats.to_dict(), "seconds": round(seconds, 3),

@@ -7,8 +7,9 @@ models and wrapped Hugging Face models all run through it unchanged.
 
 The rules, in one place:
 - prompt: the story-start token first (`story_start_id`: BOS, or the end-of-story token that precedes
-  every training story); a prompt too long for the context keeps its last tokens, with a warning
-  (see `encode_prompt`).
+  every training story), then the ingredients asked for (config.words / config.features, written as in
+  training: tinytales.ingredients), then the prompt; a prompt too long for the context keeps its last
+  tokens, with a warning (see `encode_prompt`).
 - context: when prompt + story fill the model's context, the window slides: the model re-reads
   the last half of the context (the cache is rebuilt from it) and goes on. So max_new_tokens may
   exceed the context, and no forward call ever sees more than `context_length` positions.
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .defaults import BEAM_NO_REPEAT_NGRAM, STORY_DEFAULTS
+from .ingredients import Ingredients
 from .tokenizer import story_start_id
 
 METHODS = ("greedy", "beam", "sample")
@@ -66,6 +68,8 @@ class GenerationConfig:
     num_samples: int = 1  # stories returned (sample: one batch of rows; beam: the best hypotheses)
     seed: int | None = None  # sampling is reproducible with a seed (a private torch.Generator)
     use_cache: bool = True  # False recomputes the whole window for every token (a check of the cache)
+    words: tuple[str, ...] = ()  # ingredients: words the story should use (models trained with them)
+    features: tuple[str, ...] = ()  # ingredients: tinytales.ingredients.FEATURES the story should have
 
     def __post_init__(self):
         def need(ok: bool, message: str):
@@ -94,6 +98,11 @@ class GenerationConfig:
         need(number("num_samples", True) >= 1, f"num_samples must be >= 1, got {self.num_samples}")
         need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
              f"seed must be an integer or None, got {self.seed!r}")
+        try:
+            ingredients = Ingredients.parse(self.words, self.features)
+        except ValueError as e:
+            need(False, str(e))
+        self.words, self.features = ingredients.words, ingredients.features
         if self.method == "beam":
             need(self.num_samples <= self.num_beams, f"num_samples ({self.num_samples}) must be <= num_beams "
                  f"({self.num_beams}): beam search returns its best hypotheses")
@@ -104,6 +113,10 @@ class GenerationConfig:
     @property
     def greedy(self) -> bool:
         return self.method == "greedy" or (self.method == "sample" and self.temperature == 0)
+
+    @property
+    def ingredients(self) -> Ingredients:
+        return Ingredients(self.words, self.features)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,9 +149,12 @@ def prompt_token_limit(context_length: int, max_new_tokens: int) -> int:
     return max(context_length - max_new_tokens, context_length // 2, 1)
 
 
-def check_prompt(prompt: str) -> str:
-    """The prompt itself, or a ValueError: empty, whitespace only, or over MAX_PROMPT_CHARS characters."""
-    if not isinstance(prompt, str) or not prompt.strip():
+def check_prompt(prompt: str, ingredients: Ingredients | None = None) -> str:
+    """The prompt itself, or a ValueError: empty or whitespace only (allowed with ingredients: the model
+    then begins the story itself), or over MAX_PROMPT_CHARS characters."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, got {type(prompt).__name__}")
+    if not prompt.strip() and not ingredients:
         raise ValueError(f"the prompt is empty; give the beginning of a story, e.g. \"{EXAMPLE_PROMPT}\"")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValueError(f"the prompt has {len(prompt):,} characters, more than the limit of {MAX_PROMPT_CHARS:,}; "
@@ -146,16 +162,23 @@ def check_prompt(prompt: str) -> str:
     return prompt
 
 
-def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: int = 1) -> tuple[list[int], bool]:
-    """Token ids the model reads first: the story-start token + the prompt, left-truncated to fit; and whether it
+def story_head(tokenizer, ingredients: Ingredients | None = None) -> list[int]:
+    """The ids before the prompt: the story-start token, then the ingredients' prefix if any."""
+    head = [story_start_id(tokenizer)]
+    return head + tokenizer.encode(ingredients.prefix()) if ingredients else head
+
+
+def encode_prompt(tokenizer, prompt: str, context_length: int, max_new_tokens: int = 1,
+                  ingredients: Ingredients | None = None) -> tuple[list[int], bool]:
+    """Token ids the model reads first: `story_head` + the prompt, left-truncated to fit; and whether it
     was cut.
 
     A prompt longer than `prompt_token_limit(context_length, max_new_tokens)` tokens keeps its last
-    tokens (the end of a prompt matters most for what comes next) and warns.
+    tokens (the end of a prompt matters most for what comes next) and warns; the head is always kept.
     """
-    check_prompt(prompt)
-    prefix = [story_start_id(tokenizer)]
-    ids = tokenizer.encode(prompt)
+    check_prompt(prompt, ingredients)
+    prefix = story_head(tokenizer, ingredients)
+    ids = tokenizer.encode(prompt) if prompt else []
     limit = prompt_token_limit(context_length, max_new_tokens)
     keep = max(limit - len(prefix), 1)
     truncated = len(ids) > keep
@@ -297,9 +320,10 @@ class _Decoding:
         self.rows = torch.empty(batch, total, dtype=torch.long, device=self.device)  # (B, P + N)
         self.rows[:, :self.prompt_length] = prompt
         self.window = _Window(model, batch, total, config.use_cache)
-        # the repetition penalty and the n-gram ban look at the text: prompt + story after the story-start token
-        # (the end-of-story token there is no reason to penalise the story's end)
-        self.text_start = 1
+        # the repetition penalty and the n-gram ban look at the text: prompt + story after the story head
+        # (the end-of-story token there is no reason to penalise the story's end, nor the words asked for
+        # a reason to avoid them)
+        self.text_start = len(story_head(tokenizer, config.ingredients))
         self.seen = None  # (B, V) bool: tokens already in the text, for the repetition penalty
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(batch, self.vocab_size, dtype=torch.bool, device=self.device)
@@ -471,7 +495,8 @@ def _story(tokenizer, prompt: str, ids: list[int], finished: bool, seconds: floa
 def generate(model, tokenizer, prompt: str, config: GenerationConfig | None = None) -> list[Story]:
     """Continue the prompt: one story, or num_samples of them (sampling: one batch; beam: the best hypotheses)."""
     config = config or GenerationConfig()
-    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens)
+    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens,
+                                          config.ingredients)
     started = time.perf_counter()
     if config.method == "beam":
         hypotheses = [(ids, finished, score) for score, ids, finished in
@@ -522,7 +547,8 @@ def stream_events(model, tokenizer, prompt: str, config: GenerationConfig | None
     config = config or GenerationConfig()
     if config.num_samples != 1:
         raise ValueError(f"streaming tells one story at a time: num_samples must be 1, got {config.num_samples}")
-    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens)
+    prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens,
+                                          config.ingredients)
     return _events(model, tokenizer, prompt, prompt_ids, truncated, config)
 
 

@@ -460,6 +460,7 @@ def train(config: TrainConfig) -> TrainResult:
     forward = torch.compile(ddp_model) if config.compile else ddp_model
 
     card_base = {"training": {"data": config.data, "preset": config.preset, "init_from": config.init_from,
+                              "ingredients": _ingredients_share(config.data),
                               "base_model_card": init_card or None}}
     if runtime.is_main:
         write_json(run_dir / "run.json", {"config": asdict(config), "model": model.config.to_dict(),
@@ -628,6 +629,13 @@ def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, 
              "epoch_progress": epoch_acc.state_dict()}
     card = {**card_base, "training": {**card_base["training"], "steps": step}}
     ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, state, card, keep_last=config.keep_last)
+
+
+def _ingredients_share(data) -> float:
+    """The share of training stories written after their ingredients (a prepared folder records it)."""
+    from .data import is_prepared, read_meta
+
+    return read_meta(data).get("ingredients", 0.0) if data and is_prepared(data) else 0.0
 
 
 def _card(card_base, config, model, step, history, val_loss, tokens_per_step, device_type) -> dict:

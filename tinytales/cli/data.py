@@ -20,6 +20,8 @@ def prepare(
     split: str = typer.Option("train", help="Split of a Hugging Face dataset."),
     shard_tokens: int = typer.Option(100_000_000, help="Tokens per shard file."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed record instead of skipping it."),
+    ingredients: float = typer.Option(0.0, help="Share of whole stories written after their ingredients "
+                                                "(Words:/Features:/Story:), for generate --words/--features."),
     as_json: bool = typer.Option(False, "--json", help="Print meta.json's figures as JSON."),
 ):
     """Clean and tokenize stories once into memory-mapped token shards for training.
@@ -29,11 +31,14 @@ def prepare(
       tinytales prepare stories.jsonl --tokenizer gpt2 --out data/stories-gpt2
 
       tinytales prepare hf:roneneldan/TinyStories --tokenizer runs/tok4k --out data/tinystories-4k
+
+      tinytales prepare stories.jsonl --tokenizer runs/tok4k --ingredients 0.5 --out data/stories-ingredients
     """
     from ..data import prepare as prepare_tokens
 
     meta = prepare_tokens(source, tokenizer, out, shard_tokens=shard_tokens, text_field=text_field, strict=strict,
-                          split=split, progress=None if not as_json else False)
+                          split=split, progress=None if not as_json else False,
+                          ingredients=ingredients)
     if as_json:
         print_json({"out": out, **meta})
         return
@@ -46,6 +51,8 @@ def prepare(
         table.add_row(f"dropped: {reason}", f"{count:,}")
     for reason, count in cleaning["fixed"].items():
         table.add_row(f"fixed: {reason}", f"{count:,}")
+    if meta["ingredients"]:
+        table.add_row("with ingredients", f"{meta['ingredients']:.0%} of whole stories")
     table.add_row("tokens", f"{meta['tokens']:,} in {len(meta['shards'])} shard(s), {meta['dtype']}")
     table.add_row("text MB", f"{meta['bytes'] / 1e6:.2f}")
     table.add_row("MB/s", f"{meta['mb_per_s']:.2f}")

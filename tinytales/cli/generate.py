@@ -44,6 +44,10 @@ def generate(
     max_new_tokens: int = typer.Option(STORY_DEFAULTS["max_new_tokens"], help="Most new tokens per story."),
     num_samples: int = typer.Option(1, help="Stories to tell (beam: the best hypotheses, at most --num-beams)."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
+    words: Optional[str] = typer.Option(None, help="Words the story should use, comma-separated (at most 5), "
+                                                   "e.g. dog,cake,rainy: for models trained with ingredients."),
+    features: Optional[str] = typer.Option(None, help="Features the story should have, comma-separated: dialogue, "
+                                                      "twist, moralvalue, happyending or sadending."),
     stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
                                           help="Print token by token (default: when stdout is a terminal)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
@@ -64,16 +68,22 @@ def generate(
       tinytales generate "Tom found a red ball." --model runs/tiny/model --method greedy --max-new-tokens 50
 
       tinytales generate "The dragon" --num-samples 3 --seed 1 --json
+
+      tinytales generate --words dog,cake,rainy --features dialogue,twist
     """
     from rich.markup import escape
 
     from ..generate import check_prompt, generate as tell, story_config
 
-    prompt = check_prompt(DEFAULT_PROMPT if prompt is None else prompt)  # before the (slower) model loading
+    # everything is checked before the (slower) model loading
     config = story_config(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                           top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                           no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
-                          length_penalty=length_penalty, num_samples=num_samples, seed=seed)
+                          length_penalty=length_penalty, num_samples=num_samples, seed=seed,
+                          words=words, features=features)
+    if prompt is None:  # with ingredients the model begins the story itself
+        prompt = "" if config.ingredients else DEFAULT_PROMPT
+    prompt = check_prompt(prompt, config.ingredients)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -81,6 +91,13 @@ def generate(
 
         torch.set_num_threads(threads)
     loaded = _load(model, tokenizer, device)
+    if config.ingredients:
+        from ..ingredients import trained_with_ingredients
+
+        if not trained_with_ingredients(loaded.card or {}):
+            err_console.print("[yellow]warning:[/] this model's card does not say it was trained with ingredients "
+                              "(tinytales prepare --ingredients); it may not follow --words/--features",
+                              highlight=False, soft_wrap=True)
     if stream is None:
         stream = sys.stdout.isatty()
     with warnings.catch_warnings(record=True) as caught:  # the prompt-truncation warning, as one clean line

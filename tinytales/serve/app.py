@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import generate as engine
+from ..ingredients import FEATURES, MAX_WORDS, trained_with_ingredients
 from ..modeldir import LoadedModel, load_model
 from .runner import StoryJob, StoryRunner
 from .safety import PROMPT_REFUSED, SafetyFilter
@@ -175,8 +176,11 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
     # ------------------------------------------------------------------ helpers shared by both APIs
 
     def start_job(prompt: str, config, stop=None) -> StoryJob:
-        if safety_filter is not None and safety_filter.is_blocked(prompt):
-            raise ApiError(400, PROMPT_REFUSED, code="content_filter", param="prompt")
+        if safety_filter is not None:
+            if safety_filter.is_blocked(prompt):
+                raise ApiError(400, PROMPT_REFUSED, code="content_filter", param="prompt")
+            if safety_filter.is_blocked(" ".join(config.words)):
+                raise ApiError(400, PROMPT_REFUSED, code="content_filter", param="words")
         job = runner.submit(prompt, config, stop)
         if job is None:
             raise ApiError(503, f"all {runner.capacity} storytellers are busy; try again in a moment",
@@ -255,7 +259,9 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
                 "context_length": loaded.model.config.context_length,
                 "limits": {"prompt_chars": MAX_PROMPT_CHARS, "max_new_tokens": MAX_NEW_TOKENS,
                            "num_beams": MAX_BEAMS, "top_k": MAX_TOP_K, "temperature": 2.0},
-                "defaults": GenerateRequest().model_dump(exclude={"prompt", "stream"})}
+                "defaults": GenerateRequest().model_dump(exclude={"prompt", "stream", "words", "features"}),
+                "ingredients": {"trained": trained_with_ingredients(loaded.card), "features": list(FEATURES),
+                                "max_words": MAX_WORDS}}
 
     @app.get("/healthz", summary="Liveness, and how busy the storytellers are")
     async def healthz():
@@ -269,7 +275,8 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
         penalty = req.repetition_penalty if req.method == "sample" or "repetition_penalty" in req.model_fields_set \
             else None
         settings = dict(method=req.method, max_new_tokens=req.max_new_tokens, seed=req.seed,
-                        repetition_penalty=penalty, no_repeat_ngram_size=req.no_repeat_ngram_size)
+                        repetition_penalty=penalty, no_repeat_ngram_size=req.no_repeat_ngram_size,
+                        words=req.words, features=req.features)
         if req.method == "sample":
             settings.update(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p)
         elif req.method == "beam":
@@ -300,7 +307,8 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
         return check(engine.GenerationConfig, method="sample", max_new_tokens=req.max_tokens or 16,
                      temperature=temperature, top_p=1.0 if req.top_p is None else req.top_p,
                      top_k=req.top_k or 0, min_p=req.min_p or 0.0,
-                     repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed)
+                     repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, words=req.words,
+                     features=req.features)
 
     @app.get("/v1/models", summary="OpenAI: the one model served")
     async def models():

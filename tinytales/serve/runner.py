@@ -215,8 +215,7 @@ class StoryRunner:
         if summary is not None:
             prompt_tokens, new_tokens, truncated = summary.prompt_tokens, summary.new_tokens, summary.truncated
         else:  # stopped early: count what was generated (encode_prompt would warn about truncation again)
-            full = len(tokenizer.encode(job.prompt)) + 1  # the story-start token
-
+            full = len(engine.story_head(tokenizer, job.config.ingredients)) + len(tokenizer.encode(job.prompt))
             limit = engine.prompt_token_limit(model.config.context_length, job.config.max_new_tokens)
             prompt_tokens, truncated = min(full, limit), full > limit
             new_tokens = len(tokenizer.encode(gate.text)) if gate.text else 0

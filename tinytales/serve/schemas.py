@@ -6,11 +6,12 @@ The limits are part of the OpenAPI schema, so clients and fuzzers see them too.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..defaults import STORY_DEFAULTS
+from ..ingredients import FEATURES, MAX_WORD_CHARS, MAX_WORDS
 
 MAX_PROMPT_CHARS = 2000
 MAX_NEW_TOKENS = 1024
@@ -32,6 +33,14 @@ EXAMPLE_PROMPTS = [
     "A tiny bunny found a big red ball.",
 ]
 
+Word = Annotated[str, Field(max_length=MAX_WORD_CHARS)]
+Feature = Annotated[str, Field(max_length=32)]
+WORDS_FIELD = Field([], max_length=MAX_WORDS, description=f"Ingredients: up to {MAX_WORDS} words the story should use "
+                                                           f"(models trained with ingredients), e.g. [\"dog\", \"cake\"].")
+FEATURES_FIELD = Field([], max_length=len(FEATURES), description=f"Ingredients: features the story should have, "
+                                                                 f"from {', '.join(FEATURES)}.")
+
+
 class GenerateRequest(BaseModel):
     """`POST /api/generate`: one story. Unknown fields are an error, so typos do not go unnoticed."""
 
@@ -40,7 +49,10 @@ class GenerateRequest(BaseModel):
                                                                "temperature": 0.8, "max_new_tokens": 200}]})
 
     prompt: str = Field("Once upon a time", max_length=MAX_PROMPT_CHARS,
-                        description=f"Start of the story (at most {MAX_PROMPT_CHARS} characters).")
+                        description=f"Start of the story (at most {MAX_PROMPT_CHARS} characters; may be empty "
+                                    f"when words or features are given).")
+    words: list[Word] = WORDS_FIELD
+    features: list[Feature] = FEATURES_FIELD
     method: Literal["sample", "greedy", "beam"] = Field(
         "sample", description="sample: random and varied; greedy: the most likely word each time; "
                               "beam: the most likely story among num_beams candidates.")
@@ -75,7 +87,8 @@ class CompletionRequest(BaseModel):
 
     Unknown fields are ignored (OpenAI clients send extras); known but unsupported features
     (logprobs, n > 1, penalties, logit_bias, suffix) are refused with a message.
-    `top_k`, `min_p` and `repetition_penalty` are accepted as extras, as vLLM does.
+    `top_k`, `min_p` and `repetition_penalty` are accepted as extras, as vLLM does, and the ingredients
+    `words` and `features`.
     """
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
@@ -103,6 +116,8 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = Field(None, max_length=0, description="Not supported (only empty).")
     suffix: str | None = Field(None, max_length=0, description="Not supported (only empty).")
     user: str | None = Field(None, max_length=200)
+    words: list[Word] = WORDS_FIELD  # TinyTales extras, like top_k
+    features: list[Feature] = FEATURES_FIELD
 
     @field_validator("prompt")
     @classmethod

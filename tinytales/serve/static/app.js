@@ -7,7 +7,7 @@ const ui = {
   prompt: $("prompt"), ideas: $("ideas"), tell: $("tell"), stop: $("stop"), again: $("again"),
   notice: $("notice"), card: $("story-card"), story: $("story"), thinking: $("thinking"),
   note: $("story-note"), stats: $("stats"), about: $("about"), safetyLine: $("safety-line"),
-  maxNewTokens: $("max_new_tokens"), seed: $("seed"),
+  maxNewTokens: $("max_new_tokens"), seed: $("seed"), words: $("words"),
 };
 let controller = null; // AbortController of the story being told
 
@@ -28,6 +28,10 @@ function settings() {
     body.num_beams = Number($("num_beams").value) || 4;
   }
   if (ui.seed.value !== "") body.seed = Number(ui.seed.value);
+  const words = ui.words.value.split(/[,\s]+/).filter(Boolean);
+  const features = [...document.querySelectorAll('input[name="feature"]:checked')].map((box) => box.value);
+  if (words.length) body.words = words;
+  if (features.length) body.features = features;
   return body;
 }
 
@@ -44,6 +48,12 @@ for (const id of ["temperature", "top_p"]) {
   $(id).addEventListener("input", () => { $(`${id}-out`).textContent = $(id).value; });
 }
 document.querySelectorAll('input[name="method"]').forEach((r) => r.addEventListener("change", showMethodSettings));
+// a story ends happily or sadly, not both
+const endings = { HappyEnding: "SadEnding", SadEnding: "HappyEnding" };
+document.querySelectorAll('input[name="feature"]').forEach((box) => box.addEventListener("change", () => {
+  const other = endings[box.value] && document.querySelector(`input[name="feature"][value="${endings[box.value]}"]`);
+  if (box.checked && other) other.checked = false;
+}));
 document.querySelectorAll('input[name="length"]').forEach((r) =>
   r.addEventListener("change", () => { ui.maxNewTokens.value = r.value; }));
 
@@ -124,8 +134,8 @@ function* sseEvents(buffer) {
 async function tellStory() {
   if (controller) return;
   const body = settings();
-  if (!body.prompt.trim()) {
-    say("Write how the story should begin, or pick one of the ideas!");
+  if (!body.prompt.trim() && !body.words && !body.features) {
+    say("Write how the story should begin, pick one of the ideas, or choose some story ingredients!");
     ui.prompt.focus();
     return;
   }
@@ -205,6 +215,7 @@ async function loadInfo() {
     ui.maxNewTokens.max = info.limits.max_new_tokens;
     $("num_beams").max = info.limits.num_beams;
     ui.about.textContent = `Model: ${info.model} (reads ${info.context_length} tokens at a time).`;
+    $("ingredients-hint").hidden = info.ingredients.trained;
     ui.safetyLine.textContent = info.safety
       ? "A word filter keeps them suitable for children."
       : "The children's word filter is off.";
