@@ -167,7 +167,7 @@ def transformers_twin(model, vocab_size: int | None = None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tinytales.hf import hf_architecture, hf_config_dict, to_hf_state
+    from tinytales.formats.hf import hf_architecture, hf_config_dict, to_hf_state
 
     config = model.config
     vocab_size = vocab_size or config.vocab_size

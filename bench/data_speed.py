@@ -1,4 +1,4 @@
-"""Data preparation throughput: MB/s of story text into token shards with tinytales.data.prepare.
+"""Data preparation throughput: MB/s of story text into token shards with tinytales.batches.prepare.
 
 Sources: ../shared/data/tinystories/valid.jsonl (0.76 MB) and the first `part_mb` MB of
 train.jsonl (copied to a temporary file, never into the repository). Tokenizers: GPT-2's (50,257
@@ -22,7 +22,8 @@ BENCH_TMP = Path(tempfile.gettempdir()) / "tinytales-bench"
 
 def tokenizer_4k():
     """A 4,096-id BPE: data/tok4k (the bundled model's) when present, else trained on valid.jsonl (cached)."""
-    from tinytales.tokenizer import load_tokenizer, train_tokenizer
+    from tinytales.stories import train_tokenizer
+    from tinytales.tokenizer import load_tokenizer
 
     for folder in (REPO / "data" / "tok4k", BENCH_TMP / "tok4k"):
         if (folder / "tokenizer.json").exists():
@@ -61,7 +62,8 @@ def source_path(source: str, part_mb: float) -> Path:
 # ----------------------------------------------------------------------------- one measurement (a worker)
 
 def measure(spec: dict) -> dict:
-    from tinytales.data import iter_documents, prepare
+    from tinytales.batches import prepare
+    from tinytales.stories import iter_documents
 
     tokenizer = resolve(spec["tokenizer"])
     path = source_path(spec["source"], spec.get("part_mb", 8))
@@ -112,7 +114,7 @@ def run(reps: int = 3, threads: int = 2, sources: list[str] | None = None, token
                 f"(read+clean {row['read_clean_mb_per_s']:.1f} MB/s, encode {row['encode_mb_per_s']:.2f} MB/s), "
                 f"{row['tokens_per_s']:,.0f} tokens/s")
     return {"benchmark": "data", "reps": reps, "part_mb": part_mb, "results": rows,
-            "method": "tinytales.data.prepare into a temporary folder, fresh process per run, median; MB = "
+            "method": "tinytales.batches.prepare into a temporary folder, fresh process per run, median; MB = "
                       "UTF-8 MB of story text; encode = encode_batch in prepare's chunks of 512 stories"}
 
 

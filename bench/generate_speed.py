@@ -139,7 +139,7 @@ def tinytales_command() -> list[str]:
 
 def ttft_model() -> tuple[Path, str]:
     """The bundled model when it is there; else a saved model of the same architecture (random weights)."""
-    from tinytales.modeldir import bundled_model_path
+    from tinytales.formats import bundled_model_path
 
     bundled = bundled_model_path()
     if (bundled / "config.json").exists():
@@ -155,7 +155,7 @@ def _save_bundled_like(directory: Path) -> None:
     import yaml
 
     from tinytales.model import GPT, GPTConfig
-    from tinytales.modeldir import save_model
+    from tinytales.formats import save_model
 
     from .data_speed import tokenizer_4k
 

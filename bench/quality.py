@@ -42,8 +42,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from tinytales.evaluate import evaluate
-    from tinytales.modeldir import load_model
-    from tinytales.tokenizer import resolve_tokenizer
+    from tinytales.formats import load_model, resolve_tokenizer
     from tinytales.train import TrainConfig, train
 
     tokenizer = resolve_tokenizer(spec["tokenizer"])
@@ -73,8 +72,8 @@ def train_transformers(config, tokenizer):
     """The baseline: LlamaForCausalLM of the preset's shape, AdamW + warmup/cosine over the time budget."""
     import torch
 
-    from tinytales.data import make_batches
-    from tinytales.hf import TransformersLM
+    from tinytales.batches import make_batches
+    from tinytales.formats.transformers_lm import TransformersLM
     from tinytales.model import GPT, GPTConfig
     from tinytales.train import autocast_context, learning_rate, resolve_precision
 
@@ -169,7 +168,7 @@ def minutes_to_reach(points: list[dict], target: float) -> float | None:
 
 def _prepared(work: Path, source: str, tokenizer: str) -> str:
     """Token shards of the training stories, made once per run (a few seconds)."""
-    from tinytales.data import prepare
+    from tinytales.batches import prepare
 
     out = work / "train-tokens"
     prepare(source, tokenizer, out, progress=False)

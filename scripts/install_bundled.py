@@ -8,7 +8,7 @@ import sys
 import torch
 
 from tinytales.evaluate import evaluate
-from tinytales.modeldir import bundled_model_path, load_model, save_model
+from tinytales.formats import bundled_model_path, load_model, save_model
 
 VALID = "../shared/data/tinystories/valid.jsonl"
 

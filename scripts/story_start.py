@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tinytales.evaluate import iter_texts, story_start_id
-from tinytales.modeldir import load_model
+from tinytales.formats import load_model
 
 
 @torch.inference_mode()

@@ -8,7 +8,7 @@ import argparse
 import json
 
 from tinytales.generate import GenerationConfig, generate
-from tinytales.modeldir import load_model
+from tinytales.formats import load_model
 
 OPENINGS = ["Once upon a time", "One day", "Once there was", "There was a", "Lily", "Tom", "Sam and Mia",
             "It was a sunny day", "Once upon a time, in a small town", "The little dog"]

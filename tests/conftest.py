@@ -62,7 +62,7 @@ def tiny_model(tiny_config):
 
 @pytest.fixture
 def tiny_model_dir(tmp_path, tiny_model, tiny_tokenizer):
-    from tinytales.modeldir import save_model
+    from tinytales.formats import save_model
 
     return save_model(tiny_model, tiny_tokenizer, tmp_path / "tiny-model", card={"note": "random weights"})
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tinytales.generate import GenerationConfig, generate, story_config
-from tinytales.modeldir import bundled_model_path, load_model
+from tinytales.formats import bundled_model_path, load_model
 
 from conftest import TINYSTORIES, needs_shared
 

@@ -18,7 +18,7 @@ def run(*args):
 
 def library_story(model_dir, **settings):
     from tinytales.generate import GenerationConfig, generate
-    from tinytales.modeldir import load_model
+    from tinytales.formats import load_model
 
     loaded = load_model(model_dir)
     return generate(loaded.model, loaded.tokenizer, PROMPT, GenerationConfig(**settings))
@@ -147,7 +147,7 @@ def test_ingredients_without_a_prompt_let_the_model_begin(tiny_model_dir):
     assert answer["prompt"] == "" and answer["settings"]["words"] == ["cat", "ball"]
     assert answer["settings"]["features"] == ["Dialogue"]
     from tinytales.generate import GenerationConfig, generate
-    from tinytales.modeldir import load_model
+    from tinytales.formats import load_model
 
     loaded = load_model(tiny_model_dir)
     expected = generate(loaded.model, loaded.tokenizer, "", GenerationConfig(

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import TINYSTORIES, make_stories, needs_shared
-from tinytales.data import (
-    Batch, DataStats, PackedBatches, PaddedBatches, ShardedTokens, StreamingBatches, clean_story, collate,
-    is_hub_source, iter_documents, load_tokens, make_batches, prepare, token_dtype,
+from tinytales.batches import (
+    Batch, PackedBatches, PaddedBatches, ShardedTokens, StreamingBatches, collate, load_tokens, make_batches, prepare,
+    token_dtype,
 )
+from tinytales.stories import DataStats, clean_story, is_hub_source, iter_documents
 
 
 def write_jsonl(path, records):
@@ -130,7 +131,7 @@ def broken_jsonl(tmp_path):
 
 def test_malformed_lines_are_reported_with_file_and_line_and_skipped(broken_jsonl, caplog):
     stats = DataStats()
-    with caplog.at_level(logging.WARNING, logger="tinytales.data"):
+    with caplog.at_level(logging.WARNING, logger="tinytales.stories"):
         assert list(iter_documents(broken_jsonl, stats=stats)) == ["Good one.", "Good two."]
     assert stats.kept == 2
     assert stats.dropped == {"bad JSON": 1, "missing field": 1, "not text": 1, "invalid UTF-8": 1}

@@ -13,11 +13,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 transformers = pytest.importorskip("transformers")
 
 from tinytales.generate import GenerationConfig, encode_prompt, generate  # noqa: E402
-from tinytales.hf import (  # noqa: E402
-    HFTokenizer, TransformersLM, UnsupportedArchitecture, export_hf, hf_architecture, import_hf, read_hf_weights,
+from tinytales.formats.hf import (  # noqa: E402
+    UnsupportedArchitecture, export_hf, hf_architecture, import_hf, read_hf_weights,
 )
+from tinytales.formats.transformers_lm import HFTokenizer, TransformersLM  # noqa: E402
 from tinytales.model import GPT, GPTConfig  # noqa: E402
-from tinytales.modeldir import load_model, save_model  # noqa: E402
+from tinytales.formats import load_model, save_model  # noqa: E402
 
 from conftest import SHARED, needs_shared  # noqa: E402
 
@@ -89,7 +90,7 @@ def test_import_of_export_reproduces_the_model_exactly(arch, tiny_tokenizer, tmp
 
 
 def test_export_writes_gpt2_files_and_a_tokenizer_transformers_reads(tiny_model_dir, tiny_tokenizer, tmp_path):
-    out = export_hf(tiny_model_dir, tmp_path / "hf")
+    out = export_hf(load_model(tiny_model_dir), tmp_path / "hf")
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
             "generation_config.json"} <= names
@@ -138,7 +139,7 @@ def test_export_refuses_models_no_transformers_architecture_computes(options, na
 @needs_shared("models", "stories260K", "stories260K_q80.bin")
 def test_export_of_a_llama2c_model_explains_its_tokenizer_has_no_hf_form(tmp_path):
     with pytest.raises(ValueError, match="Llama2cTokenizer.*no Hugging Face tokenizer.json"):
-        export_hf(SHARED / "models" / "stories260K" / "stories260K_q80.bin", tmp_path / "hf")
+        export_hf(load_model(SHARED / "models" / "stories260K" / "stories260K_q80.bin"), tmp_path / "hf")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -92,7 +92,7 @@ def test_add_ingredients_labels_a_share_of_stories_the_same_way_every_time(stori
 
 
 def test_prepare_prefixes_whole_stories_only(tmp_path, tiny_tokenizer, stories):
-    from tinytales.data import prepare, read_meta
+    from tinytales.batches import prepare, read_meta
 
     source = tmp_path / "stories.jsonl"
     rows = [{"text": s} for s in stories[:20]] + [{"text": "Once upon a time, Tom had a", "kind": "head_only"}]

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinytales.llama2c import MAGIC, Llama2cTokenizer, load_llama2c
+from tinytales.formats.llama2c import MAGIC, Llama2cTokenizer, load_llama2c
 from tinytales.model import GPT, GPTConfig
 
 from conftest import SHARED, needs_shared
@@ -151,7 +151,7 @@ def test_q80_file_is_dequantised_close_to_the_original(model_file):
 
 
 def test_load_model_dispatches_bin_files(model_file):
-    from tinytales.modeldir import load_model
+    from tinytales.formats import load_model
 
     model, path = model_file()
     loaded = load_model(path, dtype=torch.float64)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 import tinytales.generate as engine
 from tinytales.cli import app as cli_app
 from tinytales.ingredients import FEATURES
-from tinytales.modeldir import LoadedModel
+from tinytales.core import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.background import BackgroundServer
 from tinytales.serve.runner import TextGate

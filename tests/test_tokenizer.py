@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import SHARED, needs_shared
-from tinytales.tokenizer import (
-    EOT, BPETokenizer, gpt2_tokenizer, resolve_tokenizer, tokenizer_hash, train_bpe, train_tokenizer,
-)
+from tinytales.core import EOT
+from tinytales.formats import resolve_tokenizer
+from tinytales.stories import train_tokenizer
+from tinytales.tokenizer import BPETokenizer, gpt2_tokenizer, tokenizer_hash, train_bpe
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 
@@ -97,7 +98,7 @@ def test_tokenizer_hash_identifies_the_tokenizer(tmp_path, tiny_tokenizer, stori
 
 
 def test_train_tokenizer_on_a_data_source(tmp_path, jsonl_file, stories):
-    from tinytales.data import DataStats
+    from tinytales.stories import DataStats
 
     stats = DataStats()
     tok = train_tokenizer(jsonl_file, 300, tmp_path / "tok", max_documents=50, stats=stats)

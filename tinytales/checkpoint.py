@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .modeldir import replace_directory, save_model, write_json
+from .core import atomic_directory, write_json
+from .formats.native import write_model_files
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
@@ -46,12 +47,10 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, trainer_state: dict, s
                     keep_last: int | None = None) -> Path:
     """Write checkpoint `step` atomically, then prune to the newest `keep_last`."""
     target = checkpoint_dir(run_dir, step)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp, card=card)  # float32: resume must be exact
-    torch.save(trainer_state, tmp / TRAINER_FILE)
-    write_json(tmp / STATE_FILE, state)
-    replace_directory(tmp, target)
+    with atomic_directory(target) as tmp:
+        write_model_files(model, tokenizer, tmp, card=card)  # float32: resume must be exact
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        write_json(tmp / STATE_FILE, state)
     if keep_last:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -226,12 +226,12 @@ def compare(models: list[str | None], prompts: list[str], methods: list, eval_so
     """Generate a story for every model x prompt x method and measure it; optionally score each model
     with bits per byte on `eval_source` (at most `max_documents` stories).
 
-    `models` are model references for `tinytales.modeldir.load_model` (None: the bundled model);
+    `models` are model references for `tinytales.formats.load_model` (None: the bundled model);
     `methods` are names from METHODS or GenerationConfig objects. Every story uses the same `seed`.
     """
     from .evaluate import evaluate
     from .generate import generate
-    from .modeldir import load_model
+    from .formats import load_model
 
     if not models or not prompts or not methods:
         raise ValueError("compare needs at least one model, one prompt and one method "

@@ -53,7 +53,7 @@ def sliding_windows(n_inputs: int, context: int, stride: int) -> list[tuple[int,
 
 def iter_texts(source, split: str = "validation", text_field: str = "text") -> Iterator[str]:
     """The stories of a data source, cleaned as for training (`split` picks a hub dataset's split)."""
-    from .data import iter_documents
+    from .stories import iter_documents
 
     return iter_documents(source, split=split, text_field=text_field)
 

@@ -4,19 +4,19 @@ Every tokenizer in TinyTales offers the same small surface: `encode`, `encode_ba
 `vocab_size`, `eot_id` (the end-of-story token) and `bos_id` (a token put before every text,
 or None), and `save(directory)`.
 
-`resolve_tokenizer(spec)` turns what a user types ("gpt2", a tokenizer.json, a model folder) into a
-tokenizer; `train_tokenizer(source, vocab_size, out_dir)` trains one on a data source;
-`tokenizer_hash(tokenizer)` identifies a tokenizer so prepared token shards can be checked against it.
+`train_bpe(texts, vocab_size)` trains one; `tokenizer_hash(tokenizer)` identifies a tokenizer so prepared
+token shards can be checked against it. (What a user names as a tokenizer is resolved by
+`tinytales.formats.resolve_tokenizer`; training one on a data source is `tinytales.stories.train_tokenizer`.)
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-EOT = "<|endoftext|>"
+from .core import EOT
+
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -49,12 +49,7 @@ class BPETokenizer:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write directory/tokenizer.json atomically (a temporary file renamed into place)."""
-        path = Path(directory) / TOKENIZER_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.backend.save(str(tmp))
-        os.replace(tmp, path)
-        return path
+        return save_backend(self.backend, directory)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
@@ -64,6 +59,15 @@ class BPETokenizer:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises plain Exceptions with terse text
             raise ValueError(f"cannot read tokenizer file {path}: {e}; is it a Hugging Face tokenizer.json?") from e
+
+
+def save_backend(backend, directory) -> Path:
+    """Write a `tokenizers` backend as directory/tokenizer.json atomically (a temporary file renamed into place)."""
+    path = Path(directory) / TOKENIZER_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    backend.save(str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 def _byte_level(model):
@@ -138,39 +142,6 @@ def load_tokenizer(directory: str | os.PathLike) -> BPETokenizer:
     return BPETokenizer.from_file(path)
 
 
-def resolve_tokenizer(spec, gpt2_dir: str | os.PathLike | None = None):
-    """The tokenizer a user names: "gpt2", a tokenizer.json file, or a folder holding tokenizer.json.
-
-    "gpt2" reads vocab.json + merges.txt from `gpt2_dir`, then $TINYTALES_GPT2_DIR, then the Hugging Face
-    cache (see `gpt2_tokenizer`). A llama2.c `tokenizer.bin` (or a folder with one) is accepted too.
-    A tokenizer object is returned as it is.
-    """
-    if hasattr(spec, "encode") and hasattr(spec, "eot_id"):
-        return spec
-    if not spec:
-        raise ValueError("no tokenizer given: pass gpt2, a tokenizer.json file or a model folder")
-    if str(spec).lower() == "gpt2":
-        return gpt2_tokenizer(gpt2_dir)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if (path / TOKENIZER_FILE).exists():
-            return load_tokenizer(path)
-        if (path / "tokenizer.bin").exists():
-            return _llama2c_tokenizer(path / "tokenizer.bin")
-        raise FileNotFoundError(f"{path} holds no {TOKENIZER_FILE}: pass gpt2, a tokenizer.json file or a model "
-                                f"folder that contains one (train one with `tinytales train-tokenizer`)")
-    if path.is_file():
-        return _llama2c_tokenizer(path) if path.suffix == ".bin" else BPETokenizer.from_file(path)
-    raise FileNotFoundError(f"tokenizer {str(spec)!r} not found: pass gpt2, a tokenizer.json file or a model "
-                            f"folder that contains one")
-
-
-def _llama2c_tokenizer(path: Path):
-    from .llama2c import Llama2cTokenizer
-
-    return Llama2cTokenizer.from_file(path)
-
-
 def tokenizer_hash(tokenizer) -> str:
     """A sha256 that changes whenever the tokenizer would encode differently.
 
@@ -185,33 +156,6 @@ def tokenizer_hash(tokenizer) -> str:
         description = repr((type(tokenizer).__name__, tokenizer.vocab_size, tokenizer.eot_id,
                             getattr(tokenizer, "bos_id", None), tokenizer.encode(probe)))
     return hashlib.sha256(description.encode("utf-8")).hexdigest()
-
-
-def train_tokenizer(source, vocab_size: int, out_dir: str | os.PathLike, max_documents: int | None = None,
-                    text_field: str = "text", split: str = "train", strict: bool = False, stats=None,
-                    min_frequency: int = 2) -> BPETokenizer:
-    """Train a byte-level BPE of `vocab_size` ids on the (cleaned) stories of a data source.
-
-    `source` is anything `tinytales.data.iter_documents` reads (file, folder, glob, hf:dataset);
-    `max_documents` caps how many stories are used. Saves out_dir/tokenizer.json and returns the
-    tokenizer; pass a `tinytales.data.DataStats` as `stats` to learn how many stories were used.
-
-    Example: train_tokenizer("stories.jsonl", 4096, "tokenizers/tiny4k")
-    """
-    from .data import DataStats, iter_documents
-
-    if max_documents is not None and max_documents < 1:
-        raise ValueError(f"max_documents must be at least 1, got {max_documents}")
-    stats = stats if stats is not None else DataStats()
-    documents = iter_documents(source, split=split, text_field=text_field, strict=strict, stats=stats)
-    tokenizer = train_bpe(itertools.islice(documents, max_documents), vocab_size, min_frequency=min_frequency)
-    if stats.kept == 0:
-        raise ValueError(f"no stories to train a tokenizer on in {source} ({stats.summary()}); "
-                         f"check the path and --text-field")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out)
-    return tokenizer
 
 
 def story_start_id(tokenizer) -> int:

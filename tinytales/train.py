@@ -20,7 +20,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .model import GPT, GPTConfig
-from .modeldir import load_model, save_model, write_json
+from .core import write_json
+from .formats import load_model, resolve_tokenizer, save_model
 from .optim import Muon, Optimizers
 from .presets import get_preset
 from .runtime import tune_allocator
@@ -308,7 +309,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def build_tokenizer(config: TrainConfig, runtime: Runtime):
-    from .tokenizer import load_tokenizer, resolve_tokenizer, train_tokenizer
+    from .stories import train_tokenizer
+    from .tokenizer import load_tokenizer
 
     out = Path(config.out)
     if config.tokenizer:
@@ -402,7 +404,7 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume, or fine-tune) a model; returns where the model and history went."""
-    from .data import make_batches
+    from .batches import make_batches
 
     if not config.data:
         raise ValueError("no training data: pass --data (a file, folder, glob, prepared folder or hf:dataset)")
@@ -607,7 +609,7 @@ def _mean_across_ranks(value: torch.Tensor, runtime: Runtime) -> torch.Tensor:
 @torch.no_grad()
 def estimate_val_loss(model, config: TrainConfig, tokenizer, seq_len: int, precision: str, runtime: Runtime) -> float:
     """Mean loss over the same first `eval_batches` batches of the validation data each time."""
-    from .data import make_batches
+    from .batches import make_batches
 
     was_training = model.training
     model.eval()
@@ -633,7 +635,7 @@ def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, 
 
 def _ingredients_share(data) -> float:
     """The share of training stories written after their ingredients (a prepared folder records it)."""
-    from .data import is_prepared, read_meta
+    from .batches import is_prepared, read_meta
 
     return read_meta(data).get("ingredients", 0.0) if data and is_prepared(data) else 0.0
 

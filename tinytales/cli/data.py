@@ -34,7 +34,7 @@ def prepare(
 
       tinytales prepare stories.jsonl --tokenizer runs/tok4k --ingredients 0.5 --out data/stories-ingredients
     """
-    from ..data import prepare as prepare_tokens
+    from ..batches import prepare as prepare_tokens
 
     meta = prepare_tokens(source, tokenizer, out, shard_tokens=shard_tokens, text_field=text_field, strict=strict,
                           split=split, progress=None if not as_json else False,
@@ -78,8 +78,7 @@ def train_tokenizer(
 
       tinytales train-tokenizer stories.jsonl --vocab-size 4096 --out runs/tok4k --max-documents 100000
     """
-    from ..data import DataStats
-    from ..tokenizer import train_tokenizer as train
+    from ..stories import DataStats, train_tokenizer as train
 
     stats = DataStats()
     start = time.perf_counter()

@@ -33,7 +33,7 @@ def eval_command(
       tinytales eval --model ../shared/models/stories260K/stories260K_q80.bin --data valid.jsonl
     """
     from ..evaluate import evaluate
-    from ..modeldir import load_model
+    from ..formats import load_model
 
     loaded = load_model(model, device=device, tokenizer_path=tokenizer)
     result = evaluate(loaded.model, loaded.tokenizer, data, max_documents=max_documents, stride=stride,

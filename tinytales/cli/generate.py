@@ -124,7 +124,7 @@ def generate(
 def _load(model: str | None, tokenizer: str | None, device: str):
     import torch
 
-    from ..modeldir import load_model
+    from ..formats import load_model
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -41,8 +41,9 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     torch_dtype = _torch_dtype(dtype)
-    from ..hf import export_hf
-    from ..modeldir import load_model, read_config
+    from ..formats import load_model
+    from ..formats.hf import export_hf
+    from ..formats.native import read_config
 
     loaded = load_model(model)
     out_dir = export_hf(loaded, out, dtype=torch_dtype)
@@ -74,7 +75,7 @@ def import_(
 
     Other architectures (e.g. GPT-Neo) need no import: tinytales generate --model DIR runs them through transformers.
     """
-    from ..hf import import_hf
+    from ..formats.hf import import_hf
 
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; pass a Hugging Face model directory")

@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import generate as engine
 from ..ingredients import FEATURES, MAX_WORDS, trained_with_ingredients
-from ..modeldir import LoadedModel, load_model
+from ..core import LoadedModel
+from ..formats import load_model
 from .runner import StoryJob, StoryRunner
 from .safety import PROMPT_REFUSED, SafetyFilter
 from .schemas import (EXAMPLE_PROMPTS, MAX_BEAMS, MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TOP_K,

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import GPT, GPTConfig
-from .modeldir import LoadedModel
+from ..core import LoadedModel
+from ..model import GPT, GPTConfig
 
 MAGIC = 0x616B3432  # "ak42"
 HEADER_BYTES = 256  # versions 1 and 2

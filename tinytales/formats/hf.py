@@ -1,32 +1,26 @@
-"""Hugging Face interoperability: export to and import from `transformers` model directories.
+"""Hugging Face conversion: export to and import from `transformers` model directories.
 
 A TinyTales model with GPT-2's parts (learned positions, LayerNorm, tanh-GELU) exports as
 GPT2LMHeadModel; one with Llama's parts (RoPE, RMSNorm, SwiGLU, optional GQA) as LlamaForCausalLM.
-Export and native import need only safetensors/tokenizers; any other causal LM directory
-(GPT-Neo, GPT-J, ...) runs through `TransformersLM`, a thin adapter that gives a
-`transformers` model the TinyTales model surface (forward, new_cache) so generation and
-evaluation use it unchanged.
+Export and import need only safetensors/tokenizers; any other causal LM directory (GPT-Neo, GPT-J, ...)
+runs through `transformers_lm.TransformersLM` instead (`tinytales.formats.load_model` chooses).
 """
 from __future__ import annotations
 
-import inspect
 import json
-import os
-import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from .model import GPT, GPTConfig
-from .modeldir import CONFIG_FILE, WEIGHTS_FILE, LoadedModel, read_config, replace_directory, save_model, write_json
-from .tokenizer import EOT, TOKENIZER_FILE, BPETokenizer
+from ..core import EOT, LoadedModel, atomic_directory, write_json
+from ..model import GPT, GPTConfig
+from ..tokenizer import TOKENIZER_FILE, BPETokenizer
+from .native import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model
+from .transformers_lm import INSTALL_HINT, load_hf_tokenizer
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GPT-2's tanh approximation, like ours
 IGNORED_HF_WEIGHTS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers, not weights
-INSTALL_HINT = "install it with `pip install 'tinytales[hf]'`"
 
 
 class UnsupportedArchitecture(ValueError):
@@ -243,37 +237,22 @@ def tinytales_config(hf: dict) -> tuple[GPTConfig, str]:
 
 # ----------------------------------------------------------------------------- export
 
-def export_hf(model_or_path, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None) -> Path:
+def export_hf(model, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None) -> Path:
     """Write a directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
 
-    `model_or_path`: a LoadedModel, a GPT (then pass `tokenizer`), or any model reference load_model accepts.
+    `model`: a LoadedModel (from `tinytales.formats.load_model`), or a GPT with its `tokenizer`.
     """
-    if isinstance(model_or_path, GPT):
-        if tokenizer is None:
-            raise ValueError("export_hf(model) needs the model's tokenizer: export_hf(model, out_dir, tokenizer=tok)")
-        model = model_or_path
-    else:
-        if not isinstance(model_or_path, LoadedModel):
-            from .modeldir import load_model
-
-            model_or_path = load_model(model_or_path)
-        model, tokenizer = model_or_path.model, tokenizer or model_or_path.tokenizer
+    if isinstance(model, LoadedModel):
+        model, tokenizer = model.model, tokenizer or model.tokenizer
+    elif tokenizer is None:
+        raise ValueError("export_hf(model) needs the model's tokenizer: export_hf(model, out_dir, tokenizer=tok)")
     if not isinstance(model, GPT):
         raise ValueError(f"{type(model).__name__} is already a transformers model: copy its directory instead")
     arch = hf_architecture(model.config)
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         _write_hf_files(model, tokenizer, arch, tmp, dtype)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_directory(tmp, out_dir)
-    return out_dir
+    return Path(out_dir)
 
 
 def _write_hf_files(model: GPT, tokenizer, arch: str, directory: Path, dtype: torch.dtype) -> None:
@@ -328,60 +307,6 @@ def read_hf_weights(directory) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin (nor their sharded index)")
 
 
-class HFTokenizer(BPETokenizer):
-    """A Hugging Face tokenizer.json whose end-of-text token is not <|endoftext|> or that adds a BOS.
-
-    `encode` returns the text's tokens only; the BOS the tokenizer would add is `bos_id`,
-    which the TinyTales prompt rule puts in front.
-    """
-
-    def __init__(self, backend, eot_id: int, bos_id: int | None):
-        self.backend, self.eot_id, self.bos_id = backend, eot_id, bos_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
-
-
-def _first(value):
-    return value[0] if isinstance(value, list) else value
-
-
-def load_hf_tokenizer(directory, hf: dict | None = None) -> BPETokenizer:
-    """The TinyTales tokenizer surface over a HF directory's tokenizer (tokenizer.json, else AutoTokenizer)."""
-    directory = Path(directory)
-    hf = hf if hf is not None else read_config(directory)
-    if (directory / TOKENIZER_FILE).exists():
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
-    else:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as e:
-            raise FileNotFoundError(f"{directory} has no tokenizer.json; reading its tokenizer needs transformers "
-                                    f"({INSTALL_HINT})") from e
-        auto = AutoTokenizer.from_pretrained(str(directory))
-        backend = getattr(auto, "backend_tokenizer", None)
-        if backend is None:
-            raise ValueError(f"the tokenizer of {directory} ({type(auto).__name__}) has no fast (tokenizers) version")
-    generation = directory / "generation_config.json"
-    eos = _first(json.loads(generation.read_text()).get("eos_token_id")) if generation.exists() else None
-    eos = eos if eos is not None else _first(hf.get("eos_token_id"))
-    eot_id = backend.token_to_id(EOT) if eos is None or backend.id_to_token(eos) is None else eos
-    if eot_id is None:
-        raise ValueError(f"{directory}: cannot tell the end-of-text token: config.json has no eos_token_id "
-                         f"and the tokenizer no {EOT}; add eos_token_id to config.json")
-    probe = "Once upon a time"
-    plain, special = backend.encode(probe, add_special_tokens=False).ids, backend.encode(probe).ids
-    bos_id = special[0] if len(special) > len(plain) and special[1:len(plain) + 1] == plain else None
-    if plain == special and backend.id_to_token(eot_id) == EOT:
-        return BPETokenizer(backend)
-    return HFTokenizer(backend, eot_id, bos_id)
-
-
 def import_hf(directory, out_dir=None, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """A GPT-2 or Llama HF directory as a native TinyTales model; with out_dir also saved as a model directory."""
     directory = Path(directory)
@@ -415,130 +340,3 @@ def import_hf(directory, out_dir=None, device="cpu", dtype: torch.dtype = torch.
     return LoadedModel(model, tokenizer, out_dir, card)
 
 
-def load_hf(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """What load_model calls for a HF directory: native when exact (GPT-2, Llama), else TransformersLM."""
-    try:
-        tinytales_config(read_config(path))
-    except UnsupportedArchitecture:
-        return load_transformers(path, device, dtype)
-    return import_hf(path, device=device, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------- transformers adapter
-
-@dataclass
-class TransformersConfig:
-    """The part of GPTConfig that generation and evaluation read."""
-    vocab_size: int
-    context_length: int
-    model_type: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class TransformersCache:
-    """The KVCache surface (length, reorder) over a transformers Cache."""
-
-    def __init__(self, hf_cache, batch_size: int, max_length: int):
-        self.hf_cache, self.batch_size, self.max_length = hf_cache, batch_size, max_length
-        self.length = 0
-
-    def reorder(self, batch_index: torch.Tensor) -> None:
-        if self.length > 0:
-            self.hf_cache.reorder_cache(batch_index)
-        self.batch_size = batch_index.numel()
-
-
-class TransformersLM(nn.Module):
-    """Any `AutoModelForCausalLM` with the TinyTales model surface: forward(idx, ...) -> (logits, loss)."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.hf_model = hf_model
-        hf = hf_model.config
-        context = next((getattr(hf, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
-                        if getattr(hf, k, None)), None)
-        if context is None:
-            raise ValueError(f"{type(hf_model).__name__}'s config names no context length (max_position_embeddings)")
-        self.config = TransformersConfig(hf_model.get_output_embeddings().weight.size(0), int(context), hf.model_type)
-        parameters = inspect.signature(hf_model.forward).parameters
-        self._keeps_last = "logits_to_keep" in parameters
-        # transformers 5.x renames past_key_values to cache (the old name is deprecated)
-        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
-
-    def num_params(self, embeddings: bool = True) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def new_cache(self, batch_size: int, max_length: int | None = None, dtype=None) -> TransformersCache:
-        from transformers import DynamicCache
-
-        try:
-            hf_cache = DynamicCache(config=self.hf_model.config)  # sliding-window layers where the model has them
-        except TypeError:  # transformers < 4.56
-            hf_cache = DynamicCache()
-        return TransformersCache(hf_cache, batch_size, max_length or self.config.context_length)
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.hf_model.get_output_embeddings()
-
-    def _run(self, module, idx, cache: TransformersCache | None, attention_mask, **kwargs):
-        """Call the HF (base) model on idx (B, T) with TinyTales' positions, padding mask and cache."""
-        B, T = idx.size()
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the model's context of {self.config.context_length}")
-        if cache is not None and start + T > cache.max_length:
-            raise ValueError(f"KV cache is full: {start + T} positions needed, {cache.max_length} allocated")
-        out = module(
-            input_ids=idx,
-            attention_mask=attention_mask.long() if attention_mask is not None else None,
-            # positions count from the cache like GPT's (not from the padding mask like HF's generate)
-            position_ids=torch.arange(start, start + T, device=idx.device).expand(B, T),
-            use_cache=cache is not None, **{self._cache_argument: cache.hf_cache if cache is not None else None},
-            **kwargs)
-        if cache is not None:
-            cache.length += T
-        return out
-
-    def hidden_states(self, idx, cache: TransformersCache | None = None, attention_mask=None):
-        """Final hidden states (B, T, C) that `lm_head` turns into logits (evaluation scores in chunks)."""
-        return self._run(self.hf_model.base_model, idx, cache, attention_mask).last_hidden_state
-
-    def forward(self, idx, targets=None, cache: TransformersCache | None = None, attention_mask=None, last_only=False):
-        """Same contract as GPT.forward: positions continue from cache.length, padding from attention_mask."""
-        keep_last = last_only and targets is None
-        kwargs = {"logits_to_keep": 1} if keep_last and self._keeps_last else {}
-        logits = self._run(self.hf_model, idx, cache, attention_mask, **kwargs).logits  # (B, T or 1, V)
-        if keep_last:
-            return logits[:, -1:, :], None
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
-
-
-def load_transformers(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Any causal LM directory transformers can load, wrapped as TransformersLM."""
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        raise ValueError(f"{path} holds a {read_config(path).get('model_type')!r} model, which runs through "
-                         f"transformers: {INSTALL_HINT}") from e
-    from transformers.utils import logging as hf_logging
-
-    path = Path(path)
-    progress_bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a tiny local model loads in no time; keep the CLI's output clean
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"transformers cannot load {path} as a causal language model: {e}") from e
-    finally:
-        if progress_bars:
-            hf_logging.enable_progress_bar()
-    model = TransformersLM(hf_model).to(device=device, dtype=dtype).eval()
-    card = {"source": "huggingface", "hf_model_type": model.config.model_type, "runs_with": "transformers"}
-    return LoadedModel(model, load_hf_tokenizer(path), path, card)
