@@ -7,7 +7,7 @@ tokenizer used here has no end-of-story id, so no story stops early. Cases: gree
 (temperature 0.8, top-k 50, top-p 0.95) and beam search (4 beams) at batch 1, and sampling of 8
 stories at once (batch 8). New tokens/s counts the tokens of every returned row (beam search: the
 best story's). One process per configuration holds both models and alternates them, and TinyTales
-with its PyTorch step instead of the C one (`GPT.c_step = False`, the lever); the first round is
+with its PyTorch step instead of the C one (`fast_paths(c_step=False)`, the lever); the first round is
 warm-up, then the median of `reps` rounds.
 """
 from __future__ import annotations
@@ -63,8 +63,9 @@ class BenchTokenizer:
 def measure(spec: dict) -> dict:
     import torch
 
-    from tinytales import decode_kernel
+    from tinytales import decoding
     from tinytales.generate import GenerationConfig, generate
+    from tinytales.kernels import fast_paths
     from tinytales.model import GPT, GPTConfig
 
     from .common import transformers_twin
@@ -81,14 +82,14 @@ def measure(spec: dict) -> dict:
     new_tokens = spec.get("new_tokens", NEW_TOKENS)
 
     def ours(case: dict, c_step: bool = True) -> tuple[float, int]:
-        GPT.c_step = c_step
         settings = {k: v for k, v in case.items() if k not in ("batch",)}
         if case["method"] == "sample":
             settings["num_samples"] = case["batch"]
         gen = GenerationConfig(max_new_tokens=new_tokens, seed=0, **settings)
-        started = time.perf_counter()
-        stories = generate(model, tokenizer, "prompt", gen)
-        seconds = time.perf_counter() - started
+        with fast_paths(c_step=c_step):
+            started = time.perf_counter()
+            stories = generate(model, tokenizer, "prompt", gen)
+            seconds = time.perf_counter() - started
         counted = stories[:1] if case["method"] == "beam" else stories
         return seconds, sum(s.new_tokens for s in counted)
 
@@ -125,9 +126,8 @@ def measure(spec: dict) -> dict:
         results[name] = {impl: {"tokens_per_s": median(t / s for s, t in values),
                                 "new_tokens": values[0][1], "runs_seconds": [round(s, 4) for s, _ in values]}
                          for impl, values in timings.items()}
-    GPT.c_step = True
     return {"config": spec["config"], "threads": torch.get_num_threads(), "cases": results,
-            "params": model.num_params(), "c_step": decode_kernel.available()}
+            "params": model.num_params(), "c_step": decoding.available()}
 
 
 # ----------------------------------------------------------------------------- time to first token

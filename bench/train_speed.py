@@ -61,7 +61,8 @@ def step_counts(config: str) -> tuple[int, int]:
 def measure(spec: dict) -> dict:
     import torch
 
-    from tinytales.model import GPT, CausalSelfAttention, GPTConfig
+    from tinytales.kernels import FAST
+    from tinytales.model import GPT, GPTConfig
     from tinytales.runtime import tune_allocator
     from tinytales.train import TrainConfig, autocast_context, make_optimizer, resolve_precision
 
@@ -99,9 +100,9 @@ def measure(spec: dict) -> dict:
     else:
         model = gpt
         if not spec.get("cpu_causal_path", True):
-            CausalSelfAttention.cpu_causal_path = False
+            FAST.cpu_attention = False  # a worker process measures one configuration
         if spec.get("loss_chunk_rows") is not None:
-            model.loss_chunk_rows = spec["loss_chunk_rows"]
+            FAST.loss_chunk_rows = spec["loss_chunk_rows"]
 
         def loss_of(inputs, targets):
             return forward(inputs, targets)[1]

@@ -1,23 +1,19 @@
 """The benchmarks (bench/): each runs for one tiny iteration and writes its JSON; the CLI delegates to them.
-
-Also the speed fix they measure: the chunked cross entropy of tinytales.model gives the plain loss
-and its gradients.
+(The fast paths they measure are checked against the plain computations in tests/test_fast_paths.py.)
 """
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from tinytales.cli import app
-from tinytales.model import GPT, GPTConfig, chunked_cross_entropy
+from tinytales.model import GPT, GPTConfig
 
 from conftest import needs_shared
 
@@ -30,92 +26,6 @@ MACHINE_KEYS = {"cpu", "cores", "torch", "threads", "bf16_native", "transformers
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
-
-
-# ----------------------------------------------------------------------------- the chunked loss
-
-@pytest.mark.parametrize("autocast", [False, True])
-def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(autocast):
-    torch.manual_seed(0)
-    x = torch.randn(70, 16, requires_grad=True)
-    weight = (torch.randn(200, 16) * 0.5).requires_grad_()
-    targets = torch.randint(0, 200, (70,))
-    targets[::5] = -100
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        plain = F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-100)
-    (plain * 1.5).backward()
-    plain_grads = x.grad.clone(), weight.grad.clone()
-    x.grad = weight.grad = None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        chunked = chunked_cross_entropy(x, weight, targets, chunk_rows=16)  # 70 rows: a ragged last chunk
-    (chunked * 1.5).backward()
-    tolerance = {"atol": 1e-3, "rtol": 2e-2} if autocast else {"atol": 1e-6, "rtol": 1e-5}
-    assert chunked.item() == pytest.approx(plain.item(), rel=1e-5)
-    torch.testing.assert_close(x.grad, plain_grads[0], **tolerance)
-    torch.testing.assert_close(weight.grad, plain_grads[1], **tolerance)
-    with torch.no_grad():  # evaluation: the loss alone, no gradients kept
-        assert chunked_cross_entropy(x, weight, targets, 16).item() == pytest.approx(plain.item(), rel=1e-3)
-
-
-def test_chunked_cross_entropy_of_only_ignored_targets_is_nan_like_the_plain_loss():
-    x, weight = torch.randn(4, 8, requires_grad=True), torch.randn(10, 8)
-    targets = torch.full((4,), -100)
-    assert torch.isnan(chunked_cross_entropy(x, weight, targets, 2))
-    assert torch.isnan(F.cross_entropy(F.linear(x, weight), targets))
-
-
-def test_model_loss_is_the_same_with_and_without_chunks(tiny_config):
-    torch.manual_seed(0)
-    model = GPT(tiny_config)
-    idx = torch.randint(0, tiny_config.vocab_size, (2, 20))
-    targets = idx.roll(-1, 1)
-    logits, chunked = model(idx, targets)
-    assert logits is None  # the full logits never exist on this path
-    chunked.backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.loss_chunk_rows = 0
-    logits, plain = model(idx, targets)
-    assert logits.shape == (2, 20, tiny_config.vocab_size)
-    plain.backward()
-    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
-    for chunk_grad, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(chunk_grad, p.grad, atol=1e-6, rtol=1e-5)
-
-
-def test_decoding_linears_match_the_plain_product_and_follow_weight_changes():
-    from tinytales.model import Linear
-
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=96, context_length=16, n_layer=1, n_head=2, n_embd=8)
-    model = GPT(config).eval()
-    idx = torch.randint(0, 96, (3, 5))
-
-    def plain_logits(rows):  # every layer through F.linear with the (out, in) weight
-        with torch.enable_grad():
-            return model(rows, last_only=True)[0].detach()
-
-    with torch.no_grad():
-        for rows in (idx[:1, :1], idx[:1], idx):  # one token: the transposed copies everywhere; 5 rows: only
-            fast, _ = model(rows, last_only=True)  # in lm_head; 15 rows, small matrices: F.linear
-            torch.testing.assert_close(fast, plain_logits(rows), atol=1e-6, rtol=1e-5)
-        assert "_weight_t" in model.lm_head.__dict__ and "_weight_t" in model.blocks[0].attn.qkv.__dict__
-        token = idx[:1, :1]
-        before, _ = model(token, last_only=True)
-        model.lm_head.weight.mul_(2.0)  # an in-place update (an optimizer step) must not leave a stale copy
-        model.blocks[0].mlp.fc.weight.add_(1.0)
-        after, _ = model(token, last_only=True)
-        torch.testing.assert_close(after, plain_logits(token), atol=1e-6, rtol=1e-5)
-        assert not torch.allclose(before, after)
-        model.load_state_dict(GPT(config).state_dict())  # new weights copied in
-        reloaded, _ = model(token, last_only=True)
-        torch.testing.assert_close(reloaded, plain_logits(token), atol=1e-6, rtol=1e-5)
-        layer = Linear(8, 4)
-        x = torch.randn(2, 1, 8)
-        torch.testing.assert_close(layer(x[:1]), torch.nn.functional.linear(x[:1], layer.weight, layer.bias))
-    with torch.enable_grad():  # with gradients: the plain product (the copies are for inference only)
-        logits, _ = model(idx[:1], last_only=True)
-        assert logits.requires_grad
 
 
 # ----------------------------------------------------------------------------- pieces of the benchmarks
@@ -268,10 +178,3 @@ def test_cli_bench_runs_python_m_bench_and_streams_its_output(tmp_path):
     assert 0 < row["prepare_mb_per_s"] <= row["read_clean_mb_per_s"]
 
 
-def test_chunked_loss_stays_finite_when_the_target_probability_underflows():
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
-    weight = torch.tensor([[500.0, 0.0], [0.0, 500.0], [-500.0, 0.0]])  # p(target) = exp(-1000): 0 in float32
-    loss = chunked_cross_entropy(x, weight, torch.tensor([2, 0]), 1)
-    loss.backward()
-    assert loss.item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny), rel=1e-5)  # both capped: 87.34
-    assert torch.isfinite(x.grad).all()

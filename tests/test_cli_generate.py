@@ -5,7 +5,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tinytales import decode_kernel
+from tinytales import decoding
 from tinytales.cli import app
 
 runner = CliRunner()
@@ -187,7 +187,7 @@ def test_info_shows_architecture_parameters_tokenizer_and_card(tiny_model_dir, t
     assert data["tokenizer"] == {"vocab_size": tiny_tokenizer.vocab_size, "eot_id": tiny_tokenizer.eot_id,
                                  "bos_id": None}
     assert data["card"] == {"note": "random weights"}
-    assert data["decoding"].startswith("C step") == decode_kernel.available()  # or why the PyTorch step decodes
+    assert data["decoding"].startswith("C step") == decoding.available()  # or why the PyTorch step decodes
     missing = run("info", tiny_model_dir / "nowhere")
     assert missing.exit_code == 1 and "model not found" in missing.stderr
 

@@ -73,50 +73,6 @@ def test_context_overflow_is_a_clear_error(tiny_model):
         tiny_model(torch.zeros(1, 65, dtype=torch.long))
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 2 * 2**20])
-def test_cpu_causal_attention_matches_sdpa_and_its_gradients_are_exact(monkeypatch, chunk_bytes):
-    import torch.nn.functional as F
-
-    import tinytales.model as model_module
-
-    monkeypatch.setattr(model_module, "ATTENTION_CHUNK_BYTES", chunk_bytes)  # 1: one (sequence, head) per chunk
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 11, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    out = model_module.causal_attention_cpu(q, k, v)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    assert torch.autograd.gradcheck(model_module.causal_attention_cpu, (q, k, v))
-
-
-def _loss_and_grads(model, idx, precision):
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-    loss.backward()
-    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_attention_path_equals_sdpa(monkeypatch, precision):
-    import tinytales.model as model_module
-    from tinytales.model import CausalSelfAttention
-
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, context_length=32, n_layer=2, n_head=2, n_embd=32, position="rope"))
-    idx = torch.randint(0, 64, (3, 33))
-    calls = []
-    original = model_module.causal_attention_cpu
-    monkeypatch.setattr("tinytales.model.causal_attention_cpu", lambda *a: calls.append(1) or original(*a))
-    fast_loss, fast_grads = _loss_and_grads(model, idx, precision)
-    assert len(calls) == 2  # one per layer: the fast path really ran
-    monkeypatch.setattr(CausalSelfAttention, "cpu_causal_path", False)
-    sdpa_loss, sdpa_grads = _loss_and_grads(model, idx, precision)
-    assert len(calls) == 2
-    tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]
-    torch.testing.assert_close(fast_loss, sdpa_loss, atol=tol, rtol=tol)
-    for name, grad in fast_grads.items():
-        torch.testing.assert_close(grad, sdpa_grads[name], atol=tol * grad.abs().max().item(), rtol=tol, msg=name)
-
-
 def test_tune_allocator_sets_glibc_thresholds_once():
     import platform
 
@@ -142,32 +98,6 @@ def test_kv_cache_reorder_continues_the_reordered_rows():
             cache.length -= 1  # feed the same position again after the next reorder
             full, _ = model(idx)
             torch.testing.assert_close(continued[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("options", [
-    {},
-    {"position": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False, "n_kv_head": 1},
-    {"activation": "relu2", "qk_norm": True, "tie_embeddings": False},
-])
-@pytest.mark.parametrize("batch", [1, 6])  # 6 rows: the small products go through F.linear
-@pytest.mark.parametrize("c_step", [True, False])  # the C step where it is built, and the PyTorch one
-def test_single_token_step_equals_the_module_path(options, batch, c_step, monkeypatch):
-    monkeypatch.setattr(GPT, "c_step", c_step)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, context_length=32, n_layer=2, n_head=2, n_embd=16, **options)).eval()
-    idx = torch.randint(0, 50, (batch, 12))
-    full, _ = model(idx)  # gradients on: the module path
-    with torch.no_grad():
-        cache = model.new_cache(batch)
-        model(idx[:, :5], cache=cache)
-        assert model.can_step(idx[:, 5:6], cache) and not model.can_step(idx[:, 5:7], cache)
-        steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
-    assert cache.step_weights is not None and cache.length == 12
-    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 5:].detach(), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="longer than the model's context"):
-        cache.length = 32
-        with torch.no_grad():
-            model(idx[:, :1], cache=cache)
 
 
 def test_kv_cache_reorder_equals_index_select_for_any_beam_index():

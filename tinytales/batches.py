@@ -363,15 +363,22 @@ class PaddedBatches(_EpochBatches):
 
 def collate(examples: list, pad_id: int) -> Batch:
     """Right-pad token sequences to the longest: inputs = ids[:-1], targets = ids[1:] (IGNORE_INDEX on padding)."""
-    T = max(len(e) for e in examples) - 1
-    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)  # (B, T)
-    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(examples), T), dtype=torch.bool)  # (B, T)
-    for row, ids in enumerate(examples):
-        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-        n = len(ids) - 1
-        inputs[row, :n], targets[row, :n], mask[row, :n] = ids[:-1], ids[1:], True
+    inputs, targets, mask = pad_pairs([(ids[:-1], ids[1:]) for ids in examples], pad_id)
     return Batch(inputs, targets, mask)
+
+
+def pad_pairs(pairs: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, targets) id sequences right-padded to the longest: inputs with pad_id, targets with
+    IGNORE_INDEX, and the mask of real inputs; each (B, T). Causal attention never looks at right padding."""
+    T = max(len(x) for x, _ in pairs)
+    inputs = torch.full((len(pairs), T), pad_id, dtype=torch.long)  # (B, T)
+    targets = torch.full((len(pairs), T), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(pairs), T), dtype=torch.bool)  # (B, T)
+    for row, (x, y) in enumerate(pairs):
+        inputs[row, :len(x)] = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        targets[row, :len(y)] = torch.as_tensor(np.asarray(y, dtype=np.int64))
+        mask[row, :len(x)] = True
+    return inputs, targets, mask
 
 
 class StreamingBatches:

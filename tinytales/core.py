@@ -74,7 +74,7 @@ def resolve_device(spec: str = "auto"):
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec} asked for, but this machine has no usable CUDA GPU; use cpu")
+        raise ValueError(f"--device {spec} asked for, but this machine has no usable CUDA GPU; use --device cpu")
     return device
 
 

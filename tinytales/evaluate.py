@@ -13,11 +13,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .batches import pad_pairs
+from .core import IGNORE_INDEX
+from .kernels import summed_cross_entropy
 from .tokenizer import story_start_id
 
-IGNORE = -100  # target id the model's loss ignores (unscored or padding)
 LOGIT_ROWS = 1024  # scored positions per lm_head call: bounds memory with a 50K vocabulary
 
 
@@ -98,7 +99,7 @@ def evaluate_texts(model, tokenizer, texts: Iterable[str], max_documents: int | 
                 for begin, end, first_scored in sliding_windows(len(ids) - 1, context, stride):
                     targets = ids[begin + 1:end + 1]
                     unscored = first_scored - begin
-                    windows.append((ids[begin:end], [IGNORE] * unscored + targets[unscored:]))
+                    windows.append((ids[begin:end], [IGNORE_INDEX] * unscored + targets[unscored:]))
             chunk_nats, chunk_tokens = _score_windows(model, windows, batch_size,
                                                       lambda done: advance(len(chunk) * done))
             nats += chunk_nats
@@ -124,19 +125,12 @@ def _score_windows(model, windows: list[tuple[list[int], list[int]]], batch_size
     nats, count = 0.0, 0
     for i in range(0, len(windows), batch_size):
         batch = windows[i:i + batch_size]
-        T = len(batch[-1][0])
-        inputs = torch.zeros(len(batch), T, dtype=torch.long)
-        targets = torch.full((len(batch), T), IGNORE, dtype=torch.long)
-        for row, (x, y) in enumerate(batch):  # right padding: causal attention never looks at it
-            inputs[row, :len(x)] = torch.tensor(x)
-            targets[row, :len(y)] = torch.tensor(y)
+        inputs, targets, _ = pad_pairs(batch, pad_id=0)  # right padding: causal attention never looks at it
         inputs, targets = inputs.to(device), targets.to(device)
         hidden = model.hidden_states(inputs)  # (B, T, C)
-        scored = targets != IGNORE  # (B, T)
+        scored = targets != IGNORE_INDEX  # (B, T)
         hidden, targets = hidden[scored], targets[scored]  # (K, C), (K,)
-        for j in range(0, len(targets), LOGIT_ROWS):
-            logits = model.lm_head(hidden[j:j + LOGIT_ROWS]).float()  # (rows, V)
-            nats += F.cross_entropy(logits, targets[j:j + LOGIT_ROWS], reduction="sum").double().item()
+        nats += summed_cross_entropy(hidden, model.lm_head, targets, LOGIT_ROWS).item()
         count += len(targets)
         on_batch(len(batch) / len(windows))
     return nats, count

@@ -3,7 +3,9 @@
 The engine is model-agnostic: it only uses `model.config.context_length`, `model.config.vocab_size`,
 `model.new_cache(batch, max_length)` (with `cache.reorder(index)`) and the forward call
 `model(idx, cache=cache, last_only=True) -> (logits (B, 1, V), _)`. TinyTales GPTs, llama2.c
-models and wrapped Hugging Face models all run through it unchanged.
+models and wrapped Hugging Face models all run through it unchanged. The engine owns the cache and
+the choice of how a single new token is decoded (`decoding.stepper`: the C or the PyTorch step for a
+TinyTales GPT on the CPU, else the forward call); the model only reads and writes the cache.
 
 The rules, in one place:
 - prompt: the story-start token first (`story_start_id`: BOS, or the end-of-story token that precedes
@@ -27,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .decoding import stepper
 from .defaults import BEAM_NO_REPEAT_NGRAM, STORY_DEFAULTS
 from .ingredients import Ingredients
 from .tokenizer import story_start_id
@@ -284,20 +287,28 @@ class _Window:
         self.model = model
         self.context = model.config.context_length
         self.cache_length = min(self.context, total_length)
-        self.cache = model.new_cache(batch, self.cache_length) if use_cache else None
+        self.cache, self.step = None, None
+        if use_cache:
+            self._new_cache(batch)
         self.start = 0  # first position the model sees
         self.fed = 0  # positions already in the cache
+
+    def _new_cache(self, batch: int) -> None:
+        self.cache = self.model.new_cache(batch, self.cache_length)
+        self.step = stepper(self.model, self.cache)  # the fast single-token step, or None: the plain forward
 
     def next_logits(self, rows: torch.Tensor, length: int) -> torch.Tensor:
         if length - self.start > self.context:
             self.start = length - max(self.context // 2, 1)
             if self.cache is not None:
-                self.cache = self.model.new_cache(rows.size(0), self.cache_length)
+                self._new_cache(rows.size(0))
                 self.fed = self.start
         if self.cache is None:
             idx = rows[:, self.start:length]  # (B, T): the whole window, every time
         else:
             idx, self.fed = rows[:, self.fed:length], length  # (B, T): only the new tokens
+        if self.step is not None and idx.size(1) == 1:
+            return self.step(idx, self.cache)[:, -1, :].float()  # (B, V)
         logits, _ = self.model(idx, cache=self.cache, last_only=True)  # (B, 1, V)
         return logits[:, -1, :].float()  # (B, V)
 

@@ -1,12 +1,15 @@
-"""A small GPT in plain PyTorch: config, attention, MLP, block, model, KV cache.
+"""A small GPT in plain PyTorch, the reference: config, attention, MLP, block, model, KV cache.
 
 The default architecture is GPT-2's (learned positions, pre-LayerNorm, GELU MLP, tied
 embeddings). Options switch on the Llama-style parts (RoPE, RMSNorm, SwiGLU or ReLU²,
 grouped-query attention, QK-norm) so that llama2.c models run in the same engine.
+
+One forward path. The fast paths live elsewhere, each checked against this one: the training attention
+and loss kernels in `tinytales.kernels` (`attention`, `lm_loss`), the single-token decoding steps
+(C and PyTorch) in `tinytales.decoding`, which the generation engine chooses once per cache.
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
@@ -15,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import decode_kernel
+from .kernels import attention, lm_loss
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu", "relu2")
@@ -84,52 +87,6 @@ def _swiglu_hidden(n_embd: int) -> int:
     return 32 * math.ceil(hidden / 32)
 
 
-TRANSPOSED_WEIGHT_MAX_ROWS = 4  # up to this many rows (beam search: 4 beams) use the transposed copy
-TRANSPOSED_WEIGHT_MIN_BYTES = 16 * 2**20  # more rows use it only from this matrix size on
-
-
-class Linear(nn.Linear):
-    """nn.Linear that decodes faster on CPU: without gradients, up to 4 rows (more with a large matrix)
-    are multiplied by a cached contiguous (in, out) copy of the float32 weight.
-
-    MKL's float32 matrix-vector product over the (out, in) weight is slow on CPU: 6.4 ms against
-    1.8 ms for the copy with GPT-2's 50K-vocabulary output matrix, 15-40 % on the layers' matrices,
-    ~20 % on beam search with 4 beams (bench/, docs/performance.md). With 8 rows and small matrices
-    the plain product is as fast.
-    The copy is rebuilt whenever the weight changes (a new tensor or an in-place update) and costs
-    one more copy of the weights in memory while decoding.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or self.weight.dtype != torch.float32
-                or x.dtype != torch.float32):
-            return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(-1, x.size(-1))
-        return decode_product(rows, self.weight, self.transposed_weight(), self.bias).view(*x.shape[:-1], -1)
-
-    def transposed_weight(self) -> torch.Tensor:
-        """The cached contiguous (in, out) copy of the weight, rebuilt when the weight has changed."""
-        weight = self.weight
-        cached = self.__dict__.get("_weight_t")
-        if cached is None or not _same_version(cached[0], cached[1], weight):
-            # hold the source tensor so that its memory cannot be reused by another weight meanwhile
-            cached = (weight.detach(), weight._version, weight.detach().t().contiguous())  # (in, out)
-            self.__dict__["_weight_t"] = cached
-        return cached[2]
-
-
-def decode_product(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None):
-    """x (N, in) times the weight (out, in) + bias, through weight_t = weight.T (contiguous) for few rows."""
-    if x.size(0) > TRANSPOSED_WEIGHT_MAX_ROWS and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
-        return F.linear(x, weight, bias)
-    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
-
-
-def _same_version(source: torch.Tensor, version: int, weight: torch.Tensor) -> bool:
-    # a new tensor (load, .to(), .data = ...) has new memory; an in-place update bumps the version
-    return source.data_ptr() == weight.data_ptr() and version == weight._version and source.shape == weight.shape
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -176,7 +133,6 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
         self.max_length = max_length
-        self.step_weights = None  # GPT.step's gathered weights, made at the first step
 
     @property
     def batch_size(self) -> int:
@@ -216,15 +172,13 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    cpu_causal_path = True  # False: CPU training goes through SDPA as well (bench/ measures both)
-
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         qkv_dim = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-        self.qkv = Linear(config.n_embd, qkv_dim, bias=config.bias)
-        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = nn.Linear(config.n_embd, qkv_dim, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         if config.qk_norm:
             self.q_norm = make_norm(config, config.head_dim)
@@ -232,7 +186,7 @@ class CausalSelfAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def _heads(self, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(self, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, nh, T, hs), k and v (B, nkv, T, hs) from the qkv projection (B, T, (nh + 2 nkv) hs)."""
         B, T, _ = qkv.shape
         nh, nkv = self.n_head, self.n_kv_head
@@ -246,80 +200,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache: KVCache | None = None, key_padding_mask=None):
         B, T, C = x.size()
-        q, k, v = self._heads(self.qkv(x), rope)
+        q, k, v = self.heads(self.qkv(x), rope)
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.store(self.layer, k, v)  # (B, nkv, past + T, hs)
         mask = _attention_mask(T, past, key_padding_mask, x.device)
-        dropout = self.dropout if self.training else 0.0
-        if (self.cpu_causal_path and mask is None and past == 0 and T > 1 and not dropout
-                and self.n_kv_head == self.n_head and x.device.type == "cpu" and torch.is_grad_enabled()):
-            y = causal_attention_cpu(q, k, v)  # training on CPU: faster than SDPA's kernel there
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, dropout_p=dropout,
-                enable_gqa=self.n_kv_head != self.n_head,
-            )  # (B, nh, T, hs)
+        y = attention(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         return dropout_if_training(self.proj(y), self.dropout, self.training)
-
-
-ATTENTION_CHUNK_BYTES = 2 * 2**20  # float32 scores per chunk of (sequence, head) rows: stays in cache
-
-
-class _CausalAttentionCPU(torch.autograd.Function):
-    """Causal softmax(q k^T / sqrt(hs)) v and its gradients, a few (sequence, head) rows at a time.
-
-    On CPU, SDPA's flash kernel runs the backward pass of these small heads at ~17 GFLOP/s
-    (bench/: 27 ms per layer for 16 x 4 heads x 256 positions x 64 in bf16). Here each chunk is
-    batched matmuls in the inputs' dtype (bf16 under autocast) with the scale and mask in their
-    epilogue, and softmax and its backward accumulating in float32, the arithmetic of SDPA's math
-    path up to bf16 rounding, with the chunk's scores (~2 MB) kept in cache. The
-    probabilities are kept for backward in the inputs' dtype (B x nh x T x T: 8 MB per layer
-    for 16 x 4 x 256 x 256 in bf16), which is what makes backward plain matmuls.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        B, H, T, D = q.shape
-        q, k, v = q.reshape(B * H, T, D), k.reshape(B * H, T, D), v.reshape(B * H, T, D)
-        bias = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)  # causal mask
-        rows = max(1, ATTENTION_CHUNK_BYTES // (T * T * 4))
-        out = torch.empty_like(q)
-        probs = torch.empty(B * H, T, T, dtype=q.dtype, device=q.device)
-        for start in range(0, B * H, rows):
-            r = slice(start, start + rows)
-            # scale and mask in the product's epilogue; softmax accumulates in float32 for bf16 inputs
-            scores = torch.baddbmm(bias, q[r], k[r].transpose(1, 2), alpha=D ** -0.5)  # (n, T, T)
-            probs[r] = scores.softmax(-1)
-            torch.bmm(probs[r], v[r], out=out[r])
-        ctx.save_for_backward(q, k, v, probs)
-        ctx.rows, ctx.shape = rows, (B, H, T, D)
-        return out.view(B, H, T, D)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, probs = ctx.saved_tensors
-        BH, T, D = q.shape
-        grad_out = grad_out.reshape(BH, T, D).to(q.dtype)
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        for start in range(0, BH, ctx.rows):
-            r = slice(start, start + ctx.rows)
-            p = probs[r]
-            torch.bmm(p.transpose(1, 2), grad_out[r], out=grad_v[r])
-            grad_p = torch.bmm(grad_out[r], v[r].transpose(1, 2))  # (n, T, T)
-            # softmax backward, p * (dp - sum(dp * p)), fused (float32 inside for bf16)
-            grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
-            # the scores' 1/sqrt(hs) in the products' epilogue (beta=0: the output's old values are ignored)
-            torch.baddbmm(grad_q[r], grad_s, k[r], beta=0, alpha=D ** -0.5, out=grad_q[r])
-            torch.baddbmm(grad_k[r], grad_s.transpose(1, 2), q[r], beta=0, alpha=D ** -0.5, out=grad_k[r])
-        return grad_q.view(ctx.shape), grad_k.view(ctx.shape), grad_v.view(ctx.shape)
-
-
-def causal_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention of q, k, v (B, nh, T, hs), equal to F.scaled_dot_product_attention(..., is_causal=True)."""
-    with torch.autocast(q.device.type, enabled=False):  # q, k, v already carry the autocast dtype
-        return _CausalAttentionCPU.apply(q, k, v)
 
 
 def _attention_mask(T: int, past: int, key_padding_mask, device):
@@ -342,9 +230,9 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.activation = config.activation
-        self.fc = Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
-        self.gate = Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.activation == "swiglu" else None
-        self.proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias) if config.activation == "swiglu" else None
+        self.proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x):
@@ -353,7 +241,7 @@ class MLP(nn.Module):
 
 
 def activate(activation: str, x: torch.Tensor, up, gate) -> torch.Tensor:
-    """The MLP's hidden layer from its up (fc) and gate projections (callables: a Linear, or GPT.step's products)."""
+    """The MLP's hidden layer from its up (fc) and gate projections (callables: an nn.Linear, or the PyTorch step's products)."""
     if activation == "swiglu":
         return F.silu(gate(x)) * up(x)
     if activation == "relu2":
@@ -374,102 +262,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class _StepWeights:
-    """What GPT.step reads, gathered once: per layer its norms bound to their parameters, the attention
-    module (for its head layout and QK-norm) and the products bound to the transposed weights."""
-
-    def __init__(self, model: "GPT"):
-        def product(linear: Linear | None):
-            if linear is None:
-                return None
-            bias = None if linear.bias is None else linear.bias.detach()
-            return functools.partial(decode_product, weight=linear.weight.detach(),
-                                     weight_t=linear.transposed_weight(), bias=bias)
-
-        self.layers = [(bound_norm(block.norm1), product(block.attn.qkv), block.attn, product(block.attn.proj),
-                        bound_norm(block.norm2), product(block.mlp.fc), product(block.mlp.gate),
-                        product(block.mlp.proj), block.mlp.activation) for block in model.blocks]
-        self.norm_f = bound_norm(model.norm_f)
-        self.lm_head = product(model.lm_head)
-
-
-def bound_norm(norm: nn.Module):
-    """The norm as a function of x alone (its parameters bound), for GPT.step."""
-    weight = norm.weight.detach()
-    if isinstance(norm, RMSNorm):
-        return functools.partial(F.rms_norm, normalized_shape=(weight.size(0),), weight=weight, eps=norm.eps)
-    bias = None if norm.bias is None else norm.bias.detach()
-    return functools.partial(F.layer_norm, normalized_shape=norm.normalized_shape, weight=weight, bias=bias,
-                             eps=norm.eps)
-
-
-LOSS_CHUNK_ROWS = 128  # rows of logits alive at once in the training loss (bench/: 64-128 fastest on CPU)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross entropy of x @ weight.T without the (N, V) float32 logits and log-probabilities.
-
-    The plain path (lm_head, .float(), cross_entropy) keeps about 10 bytes per logit alive (2 GB for
-    8 x 512 tokens and a 50K vocabulary) and streams them through memory several times. Here each chunk of rows gets
-    its logits (in the autocast dtype), float32 softmax, loss (-log of the target's probability) and
-    gradient (softmax - one-hot) / n at once; only that gradient is kept, in the logits' dtype, and
-    backward is two matmuls.
-    Same arithmetic as autocast + F.cross_entropy: bf16 matmuls, float32 softmax.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk_rows):
-        # x: (N, C) hidden states, weight: (V, C), targets: (N,) with -100 = ignored
-        valid = targets != -100
-        count = valid.sum()
-        scale = 1.0 / count.clamp(min=1).to(torch.float32)
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        grad_logits = None  # (N, V) d loss / d logits, filled chunk by chunk
-        for start in range(0, x.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = F.linear(x[rows], weight)  # (n, V), bf16 under autocast
-            if grad_logits is None:
-                grad_logits = torch.empty(x.size(0), weight.size(0), dtype=logits.dtype, device=x.device)
-            safe_targets = targets[rows].clamp(min=0)[:, None]  # (n, 1)
-            grad = logits.softmax(-1, dtype=torch.float32)  # (n, V): one pass instead of log_softmax + exp
-            # -log p(target); p is clamped to the smallest normal float, so one token's loss is at most 87.3
-            nll = -grad.gather(1, safe_targets).squeeze(1).clamp_(min=torch.finfo(torch.float32).tiny).log_()  # (n,)
-            total += torch.where(valid[rows], nll, 0.0).sum()
-            grad.scatter_add_(1, safe_targets, torch.full_like(nll[:, None], -1.0))
-            grad.mul_((valid[rows].float() * scale)[:, None])
-            grad_logits[rows] = grad
-        ctx.save_for_backward(x, weight, grad_logits)
-        return torch.where(count > 0, total * scale, torch.nan)  # nan for no valid target, as F.cross_entropy
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        x, weight, grad_logits = ctx.saved_tensors
-        # the same (cast) matmuls autograd runs after the plain loss; grad_output is a scalar
-        grad_x = grad_logits.mm(weight.to(grad_logits.dtype)).mul_(grad_output).to(x.dtype)  # (N, C)
-        grad_weight = grad_logits.t().mm(x.to(grad_logits.dtype)).mul_(grad_output).to(weight.dtype)  # (V, C)
-        return grad_x, grad_weight, None, None
-
-
-def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_rows: int = LOSS_CHUNK_ROWS) -> torch.Tensor:
-    """F.cross_entropy(F.linear(x, weight).float(), targets, ignore_index=-100), chunk_rows rows at a time.
-
-    x (N, C), weight (V, C), targets (N,). With gradients it computes them on the way (see
-    _ChunkedCrossEntropy); without, it only sums the chunks' losses.
-    """
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _ChunkedCrossEntropy.apply(x, weight, targets, chunk_rows)
-    total = torch.zeros((), dtype=torch.float32, device=x.device)
-    for start in range(0, x.size(0), chunk_rows):
-        logits = F.linear(x[start:start + chunk_rows], weight).float()  # (n, V)
-        total += F.cross_entropy(logits, targets[start:start + chunk_rows], ignore_index=-100, reduction="sum")
-    return total / (targets != -100).sum()
-
-
 class GPT(nn.Module):
-    loss_chunk_rows = LOSS_CHUNK_ROWS  # 0: the loss goes through full float32 logits (slower, more memory)
-    c_step = True  # False: `step` runs as PyTorch tensor calls even where the C step (decode_kernel) is built
-
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -478,7 +271,7 @@ class GPT(nn.Module):
         self.dropout = config.dropout
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -514,8 +307,8 @@ class GPT(nn.Module):
         """Final normalised hidden states (B, T, C) for token ids idx (B, T)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        self._check_length(start + T)
-        x, rope = self._embed(idx, start)
+        self.check_length(start + T)
+        x, rope = self.embed(idx, start)
         x = dropout_if_training(x, self.dropout, self.training)
         for block in self.blocks:
             x = block(x, rope, cache, attention_mask)
@@ -523,12 +316,12 @@ class GPT(nn.Module):
             cache.length += T
         return self.norm_f(x)
 
-    def _check_length(self, length: int) -> None:
+    def check_length(self, length: int) -> None:
         if length > self.config.context_length:
             raise ValueError(
                 f"sequence of {length} tokens is longer than the model's context of {self.config.context_length}")
 
-    def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token (+ position) embeddings of idx (B, T) at positions start.., and the RoPE rotation (T, hs/2)."""
         T = idx.size(-1)
         x = F.embedding(idx, self.tok_emb.weight)  # (B, T, C)
@@ -539,65 +332,16 @@ class GPT(nn.Module):
             rope = torch.complex(self.rope_cos[start:start + T].float(), self.rope_sin[start:start + T].float())
         return x, rope
 
-    def can_step(self, idx: torch.Tensor, cache: KVCache | None, attention_mask=None) -> bool:
-        """Whether forward takes the single-token decoding path (`step`) for these inputs."""
-        return (cache is not None and idx.size(1) == 1 and attention_mask is None and not torch.is_grad_enabled()
-                and idx.device.type == "cpu" and self.lm_head.weight.dtype == torch.float32)
-
-    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, 1, V) of one new token per row, idx (B, 1), through the cache: forward's arithmetic as
-        plain tensor calls, every product on the transposed weights (`Linear.transposed_weight`).
-
-        forward takes this path by itself when decoding on CPU (`can_step`). At batch 1 the module path
-        spends as long on Python (module calls, attribute lookups, checks) as on arithmetic; this one is
-        about 1.5-2x faster (bench/, docs/performance.md). The weights it reads are gathered at the
-        cache's first step and kept with the cache, which is only valid for the weights that filled it.
-        tests/test_model.py checks that both paths agree for every architecture option.
-        """
-        start = cache.length
-        self._check_length(start + 1)
-        weights = cache.step_weights
-        if weights is None:
-            weights = cache.step_weights = self._step_weights(cache)
-        if isinstance(weights, decode_kernel.KernelStep):
-            logits = weights.step(idx, cache)  # the C step (tinytales/_decode.c)
-            cache.length += 1
-            return logits
-        x, rope = self._embed(idx, start)
-        x = x.view(idx.size(0), -1)  # (B, C)
-        for norm1, qkv, attn, proj, norm2, up, gate, down, activation in weights.layers:
-            q, k, v = attn._heads(qkv(norm1(x))[:, None, :], rope)  # (B, heads, 1, hs)
-            k, v = cache.store(attn.layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_head != attn.n_head)  # (B, nh, 1, hs)
-            x = x + proj(y.view(x.shape))
-            x = x + down(activate(activation, norm2(x), up, gate))
-        cache.length += 1
-        return weights.lm_head(weights.norm_f(x))[:, None, :]
-
-    def _step_weights(self, cache: KVCache):
-        """What `step` reads, gathered once per cache: the C step's weights where it can run, else _StepWeights."""
-        if self.c_step and decode_kernel.usable(self, cache):
-            return decode_kernel.KernelStep(self)
-        return _StepWeights(self)
-
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):
         """Logits (B, T, V), or (B, 1, V) with last_only; with targets (B, T) the mean loss instead.
 
-        With targets the logits are None: the loss is computed chunk by chunk from the hidden states
-        (`chunked_cross_entropy`) and the (B, T, V) logits never exist; `loss_chunk_rows = 0` restores
-        the plain path that returns them too. Targets equal to -100 (padding) are ignored by the loss.
-        One new token per row with a cache, on CPU without gradients, goes through `step`.
+        With targets the logits are None: `kernels.lm_loss` computes the loss chunk by chunk from the hidden
+        states and the (B, T, V) logits never exist (`fast_paths(loss_chunk_rows=0)` restores the plain
+        path that returns them too). Targets equal to IGNORE_INDEX (padding) are ignored by the loss.
         """
-        if targets is None and self.can_step(idx, cache, attention_mask):
-            return self.step(idx, cache), None
         x = self.hidden_states(idx, cache, attention_mask)
         if targets is not None:
-            if self.loss_chunk_rows:
-                return None, chunked_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
-                                                   self.loss_chunk_rows)
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-            return logits, loss
+            return lm_loss(x, self.lm_head.weight, targets, self.lm_head)
         if last_only:
             x = x[:, -1:, :]
         return self.lm_head(x), None

@@ -20,7 +20,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .model import GPT, GPTConfig
-from .core import write_json
+from .core import IGNORE_INDEX, resolve_device, write_json
 from .formats import load_model, resolve_tokenizer, save_model
 from .optim import Muon, Optimizers
 from .presets import get_preset
@@ -228,10 +228,7 @@ class Runtime:
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Single process, or one of torchrun's processes (NCCL on GPUs, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if config.device == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = torch.device(config.device).type
+    device_type = resolve_device(config.device).type
     if world_size > 1:
         import torch.distributed as dist
 
@@ -249,8 +246,7 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         if device_type == "cuda":
             torch.cuda.set_device(device)
         return Runtime(device, rank, world_size, local_rank, owns_group)
-    device = torch.device(config.device if config.device != "auto" else device_type)
-    return Runtime(device)
+    return Runtime(resolve_device(config.device))
 
 
 def end_runtime(runtime: Runtime) -> None:
@@ -489,7 +485,7 @@ def train(config: TrainConfig) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             micro = [next(data_iter) for _ in range(config.grad_accum)]
-            scored = sum(int((b.targets != -100).sum()) for b in micro)
+            scored = sum(int((b.targets != IGNORE_INDEX).sum()) for b in micro)
             loss_sum = torch.zeros((), device=runtime.device)
             for i, batch in enumerate(micro):
                 inputs, targets = batch.inputs.to(runtime.device), batch.targets.to(runtime.device)
@@ -498,7 +494,7 @@ def train(config: TrainConfig) -> TrainResult:
                 with (nullcontext() if sync else ddp_model.no_sync()), autocast_context(precision, runtime.device):
                     _, loss = forward(inputs, targets, attention_mask=mask)
                     # weight by scored tokens so accumulated (and padded) batches average per token
-                    weighted = loss * (int((batch.targets != -100).sum()) / max(scored, 1))
+                    weighted = loss * (int((batch.targets != IGNORE_INDEX).sum()) / max(scored, 1))
                 scaler.scale(weighted).backward()
                 loss_sum += weighted.detach()
             scaler.unscale_(optimizer)

@@ -21,6 +21,7 @@ app = typer.Typer(
 # One module per group of commands; each does `@app.command()` on import.
 COMMAND_MODULES = [
     "generate",
+    "info",
     "train",
     "data",
     "evaluate",

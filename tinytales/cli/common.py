@@ -35,3 +35,11 @@ def user_errors(fn):
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def load_for_cli(model: str | None, tokenizer: str | None, device: str = "auto"):
+    """The model a command names (None: the bundled one) on the device it names ("auto": CUDA, else CPU)."""
+    from ..core import resolve_device
+    from ..formats import load_model
+
+    return load_model(model, device=resolve_device(device), tokenizer_path=tokenizer)

@@ -1,4 +1,4 @@
-"""`tinytales generate` (tell stories) and `tinytales info` (what is inside a model)."""
+"""`tinytales generate`: tell stories."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ import typer
 
 from ..defaults import STORY_DEFAULTS
 from . import app
-from .common import console, err_console, print_json, user_errors
+from .common import err_console, load_for_cli, print_json, user_errors
 
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -90,7 +90,7 @@ def generate(
         import torch
 
         torch.set_num_threads(threads)
-    loaded = _load(model, tokenizer, device)
+    loaded = load_for_cli(model, tokenizer, device)
     if config.ingredients:
         from ..ingredients import trained_with_ingredients
 
@@ -119,22 +119,6 @@ def generate(
     ending = "ended by the model" if first.finished else f"cut at --max-new-tokens {max_new_tokens}"
     err_console.print(f"[dim]{first.new_tokens} new tokens in {first.seconds:.2f} s "
                       f"({first.tokens_per_second:.0f} tokens/s), {ending}[/]", highlight=False)
-
-
-def _load(model: str | None, tokenizer: str | None, device: str):
-    import torch
-
-    from ..formats import load_model
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but this machine has no usable CUDA GPU; use --device cpu")
-    return load_model(model, device=device, tokenizer_path=tokenizer)
 
 
 def _print_streamed(loaded, prompt: str, config):
@@ -166,78 +150,3 @@ def _story_json(story) -> dict:
     data = story.to_dict()
     data.pop("prompt")
     return data
-
-
-# ----------------------------------------------------------------------------- info
-
-def model_summary(loaded) -> dict:
-    """What `tinytales info` shows: architecture, parameter counts, tokenizer and the model card."""
-    from dataclasses import asdict, is_dataclass
-
-    from ..decode_kernel import decoding_path
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    config = model.config
-    architecture = config.to_dict() if hasattr(config, "to_dict") else (
-        asdict(config) if is_dataclass(config) else dict(vars(config)))
-    if hasattr(model, "num_params"):
-        parameters, without_embeddings = model.num_params(), model.num_params(embeddings=False)
-    else:
-        parameters, without_embeddings = sum(p.numel() for p in model.parameters()), None
-    return {
-        "path": str(loaded.path) if loaded.path else None,
-        "architecture": architecture,
-        "parameters": parameters,
-        "parameters_without_embeddings": without_embeddings,
-        "tokenizer": {"vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "bos_id": tokenizer.bos_id},
-        "decoding": decoding_path(model),
-        "card": loaded.card or {},
-    }
-
-
-@app.command()
-@user_errors
-def info(
-    model: Optional[str] = typer.Argument(None, help="Model directory, llama2.c .bin or Hugging Face directory "
-                                                     "(default: the bundled model)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-):
-    """Show a model's architecture, parameter counts, tokenizer and model card.
-
-    Example:
-
-      tinytales info runs/tiny/model
-    """
-    summary = model_summary(_load(model, tokenizer, "cpu"))
-    if as_json:
-        print_json(summary)
-        return
-    import json
-
-    from rich.table import Table
-
-    table = Table(title=f"model {summary['path'] or ''}", show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
-    for key, value in summary["architecture"].items():
-        table.add_row(key, str(value))
-    table.add_section()
-    table.add_row("parameters", f"{summary['parameters']:,}")
-    if summary["parameters_without_embeddings"] is not None:
-        table.add_row("without embeddings", f"{summary['parameters_without_embeddings']:,}")
-    table.add_section()
-    for key, value in summary["tokenizer"].items():
-        table.add_row(f"tokenizer {key}", str(value))
-    table.add_section()
-    table.add_row("decoding", summary["decoding"])
-    console.print(table)
-    if summary["card"]:
-        card = Table(title="model card (card.json)", show_header=False)
-        card.add_column("", style="bold")
-        card.add_column("")
-        for key, value in summary["card"].items():
-            card.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
-        console.print(card)
-    else:
-        console.print("no model card (card.json is empty)")

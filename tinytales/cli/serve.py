@@ -7,8 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, user_errors
-from .generate import _load as load_for_device
+from .common import console, load_for_cli, user_errors
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -51,7 +50,7 @@ def serve(
 
     from ..serve import create_app
 
-    loaded = load_for_device(model, tokenizer, device)
+    loaded = load_for_cli(model, tokenizer, device)
     web = create_app(loaded, max_concurrent=max_concurrent, max_queue=max_queue, safety=safety,
                      blocked_words=blocked_words)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -17,7 +17,7 @@ from ..core import EOT, LoadedModel, atomic_directory, write_json
 from ..model import GPT, GPTConfig
 from ..tokenizer import TOKENIZER_FILE, BPETokenizer
 from .native import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model
-from .transformers_lm import INSTALL_HINT, load_hf_tokenizer
+from .transformers_lm import load_hf_tokenizer
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GPT-2's tanh approximation, like ours
 IGNORED_HF_WEIGHTS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers, not weights

@@ -1,18 +1,30 @@
-"""The single-token decoding step in C (`tinytales/_decode.c`), called through ctypes.
+"""The fast decoding step: one new token per row through a KV cache, chosen once per cache by `stepper`.
 
-`GPT.step` uses it when it was built (`pip install` compiles it where a C compiler exists; it is
-optional) and the model and cache are float32 on the CPU; otherwise `GPT.step` runs its PyTorch
-tensor calls. Both compute forward's arithmetic: tests/test_decode_kernel.py checks them against
-each other for every architecture option. `GPT.c_step = False` turns the C step off
-(bench/ measures both).
+Three ways compute the same logits as `GPT.forward` (tests/test_fast_paths.py checks them against each
+other for every architecture option):
+- the C step (`tinytales/_decode.c`, called through ctypes): built by `pip install` where a C compiler
+  exists, for float32 weights and cache on the CPU; it reads the products' weights packed in tiles;
+- the PyTorch step (`TorchStep`): forward's arithmetic as plain tensor calls on transposed weight copies,
+  1.5-2x faster than the module path at batch 1, where the module path spends as long on Python as on
+  arithmetic;
+- the model's plain forward, for everything else (GPUs, 16-bit weights, models that are not a TinyTales GPT).
+`kernels.FAST` (c_step, pytorch_step) chooses among them; the weight copies each step reads are made once
+per state of the model's weights and kept beside the model (`_derived`), never inside it or the cache.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import weakref
+from collections.abc import Callable
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kernels import FAST
+from .model import GPT, RMSNorm, activate
 
 NORMS = {"layernorm": 0, "rmsnorm": 1}
 ACTIVATIONS = {"gelu": 0, "swiglu": 1, "relu2": 2}
@@ -83,7 +95,7 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 class KernelWeights:
     """The model's weights as the C step reads them: the products' weights packed (`pack`), the rest as they are.
 
-    Made once per state of the weights and kept beside the model (`weights_for`); it holds every tensor
+    Made once per state of the weights and kept beside the model (`_derived`); it holds every tensor
     whose pointer the C structures carry, so they stay alive. One more copy of the products' weights.
     """
 
@@ -132,28 +144,29 @@ def _weights_state(model) -> tuple:
     return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
-# model -> (state of its weights, KernelWeights); beside the model, not in it, so that copying or pickling a
-# model never meets the C structures' pointers
-_weights_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (model, kind) -> (state of its weights, what was derived from them); beside the model, not in it, so that
+# copying or pickling a model never meets the C structures' pointers or the weight copies
+_derived_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def weights_for(model) -> KernelWeights:
-    """The model's KernelWeights, made again only when a weight has changed since the last call."""
+def _derived(model, kind: type):
+    """kind(model) (KernelWeights, TorchWeights), made again only when a weight has changed since it was made."""
     state = _weights_state(model)
-    cached = _weights_of.get(model)
+    made = _derived_of.setdefault(model, {})
+    cached = made.get(kind)
     if cached is None or cached[0] != state:
-        cached = _weights_of[model] = (state, KernelWeights(model))
+        cached = made[kind] = (state, kind(model))
     return cached[1]
 
 
 class KernelStep:
-    """GPT.step through the C step for one KV cache: the model's KernelWeights and this cache's scratch."""
+    """The C step for one KV cache: the model's KernelWeights and this cache's scratch."""
 
     def __init__(self, model):
-        self.weights = weights_for(model)
+        self.weights = _derived(model, KernelWeights)
         self.work: torch.Tensor | None = None  # (B, floats per row), made at the first step
 
-    def step(self, idx: torch.Tensor, cache) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
         lib, model = library(), self.weights.model
         B, max_length = idx.size(0), cache.max_length
@@ -168,6 +181,7 @@ class KernelStep:
         if status != 0:
             raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {model.vocab_size})"
                              f" and position {cache.length} below the cache's {max_length} and the context")
+        cache.length += 1
         return logits
 
 
@@ -184,16 +198,102 @@ def _float32_on_cpu(model) -> bool:
     return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
 
 
+# ----------------------------------------------------------------------------- the PyTorch step
+
+TRANSPOSED_WEIGHT_MAX_ROWS = 4  # up to this many rows (beam search: 4 beams) use the transposed copy
+TRANSPOSED_WEIGHT_MIN_BYTES = 16 * 2**20  # more rows use it only from this matrix size on
+
+
+def decode_product(x: torch.Tensor, weight: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None):
+    """x (N, in) times the weight (out, in) + bias, through weight_t = weight.T (contiguous) for few rows.
+
+    MKL's float32 matrix-vector product over the (out, in) weight is slow on CPU: 6.4 ms against 1.8 ms for
+    the copy with GPT-2's 50K-vocabulary output matrix, 15-40 % on the layers' matrices, ~20 % on beam search
+    with 4 beams (bench/, docs/performance.md). With 8 rows and small matrices the plain product is as fast.
+    """
+    if x.size(0) > TRANSPOSED_WEIGHT_MAX_ROWS and weight.numel() * 4 < TRANSPOSED_WEIGHT_MIN_BYTES:
+        return F.linear(x, weight, bias)
+    return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
+
+
+def bound_norm(norm: nn.Module):
+    """The norm as a function of x alone (its parameters bound)."""
+    weight = norm.weight.detach()
+    if isinstance(norm, RMSNorm):
+        return functools.partial(F.rms_norm, normalized_shape=(weight.size(0),), weight=weight, eps=norm.eps)
+    bias = None if norm.bias is None else norm.bias.detach()
+    return functools.partial(F.layer_norm, normalized_shape=norm.normalized_shape, weight=weight, bias=bias,
+                             eps=norm.eps)
+
+
+class TorchWeights:
+    """What the PyTorch step reads, gathered once per state of the weights: per layer its norms bound to their
+    parameters, the attention module (for its head layout and QK-norm) and the products bound to contiguous
+    transposed copies of their weights (one more copy of the weights in memory while decoding)."""
+
+    def __init__(self, model: GPT):
+        def product(linear: nn.Linear | None):
+            if linear is None:
+                return None
+            weight = linear.weight.detach()
+            bias = None if linear.bias is None else linear.bias.detach()
+            return functools.partial(decode_product, weight=weight, weight_t=weight.t().contiguous(), bias=bias)
+
+        self.layers = [(bound_norm(block.norm1), product(block.attn.qkv), block.attn, product(block.attn.proj),
+                        bound_norm(block.norm2), product(block.mlp.fc), product(block.mlp.gate),
+                        product(block.mlp.proj), block.mlp.activation) for block in model.blocks]
+        self.norm_f = bound_norm(model.norm_f)
+        self.lm_head = product(model.lm_head)
+
+
+class TorchStep:
+    """forward's arithmetic for one new token per row as plain tensor calls, every product on the transposed
+    weights."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self.weights = _derived(model, TorchWeights)
+
+    def __call__(self, idx: torch.Tensor, cache) -> torch.Tensor:
+        model, weights = self.model, self.weights
+        model.check_length(cache.length + 1)
+        x, rope = model.embed(idx, cache.length)
+        x = x.view(idx.size(0), -1)  # (B, C)
+        for norm1, qkv, attn, proj, norm2, up, gate, down, activation in weights.layers:
+            q, k, v = attn.heads(qkv(norm1(x))[:, None, :], rope)  # (B, heads, 1, hs)
+            k, v = cache.store(attn.layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_head != attn.n_head)  # (B, nh, 1, hs)
+            x = x + proj(y.view(x.shape))
+            x = x + down(activate(activation, norm2(x), up, gate))
+        cache.length += 1
+        return weights.lm_head(weights.norm_f(x))[:, None, :]
+
+
+# ----------------------------------------------------------------------------- the choice
+
+Step = Callable[[torch.Tensor, object], torch.Tensor]  # (idx (B, 1), cache) -> logits (B, 1, V)
+
+
+def stepper(model, cache) -> Step | None:
+    """How one new token per row is decoded through this cache: the C step, the PyTorch step, or None for the
+    model's plain forward. Chosen once, when the cache is made (FAST says which fast paths may be used)."""
+    if not (FAST.pytorch_step and isinstance(model, GPT) and cache is not None and _float32_on_cpu(model)):
+        return None
+    if FAST.c_step and usable(model, cache):
+        return KernelStep(model)
+    return TorchStep(model)
+
+
 def decoding_path(model) -> str:
     """Which single-token step decodes this model, in words (`tinytales info` shows it)."""
-    from .model import GPT
-
     if not isinstance(model, GPT):
         return "the model's own forward (not a TinyTales GPT)"
-    if not model.c_step:
-        return "PyTorch step (GPT.c_step is off)"
+    if not FAST.pytorch_step:
+        return "the plain forward (the fast steps are off)"
+    if not _float32_on_cpu(model):
+        return "the plain forward (the fast steps run float32 weights on the CPU)"
+    if not FAST.c_step:
+        return "PyTorch step (the C step is off)"
     if not available():
         return "PyTorch step: the C step was not built (install a C compiler, then pip install -e . again)"
-    if not _float32_on_cpu(model):
-        return "PyTorch step (the C step runs float32 weights on the CPU)"
     return f"C step (tinytales/_decode.c), {torch.get_num_threads()} threads"
