@@ -23,7 +23,10 @@ logger = logging.getLogger("tinytales.serve")
 
 
 def last_word_end(text: str, start: int, limit: int) -> int:
-    """The largest end in [start, limit] that does not cut a word (the character before it is not a letter)."""
+    """The largest end in [start, limit] that does not cut a word (the character before it is not a letter).
+
+    Used without a safety filter; with one, `SafetyFilter.unfinished_start` decides (it also knows
+    about invisible characters, leetspeak, masks and spelled-out words)."""
     end = limit
     while end > start and (text[end - 1].isalnum() or text[end - 1] == "_"):
         end -= 1
@@ -33,21 +36,31 @@ def last_word_end(text: str, start: int, limit: int) -> int:
 class TextGate:
     """Decides how much generated text may be shown yet.
 
-    Text is released up to the last word boundary, so the safety filter sees every word whole
-    before any of it reaches the reader, and never past the start of a stop sequence.
-    After `finish_reason` is set ("stop" or "content_filter") the story is over.
+    Text is released only where nothing before it can still grow into a blocked word (a word
+    being written, letters being spelled out, the start of a blocked phrase), so the safety filter
+    sees every word whole before any of it reaches the reader, and never past the start of a
+    stop sequence. `context` is the text the story continues (the prompt): a blocked word that
+    starts there and ends in the story stops the story before any of it is shown. The filter
+    works on folded text (see `safety`) kept up to date piece by piece, and only looks at a
+    bounded window before what is not shown yet. After `finish_reason` is set ("stop" or
+    "content_filter") the story is over.
     """
 
-    def __init__(self, safety: SafetyFilter | None = None, stop: list[str] | tuple = ()):
+    def __init__(self, safety: SafetyFilter | None = None, stop: list[str] | tuple = (), context: str = ""):
         self.safety = safety
         self.stop = [s for s in stop if s]
         self.hold_back = max((len(s) for s in self.stop), default=1) - 1  # a stop sequence could be starting
         self.text = ""
         self.released = 0
         self.finish_reason: str | None = None
+        self.context = context or ""
+        # context + text, folded; positions there are offset by len(context)
+        self._folded = safety.fold(self.context) if safety is not None else None
 
     def feed(self, piece: str) -> str:
         self.text += piece
+        if self._folded is not None:
+            self._folded.append(piece)
         return self._release(final=False)
 
     def flush(self) -> str:
@@ -68,14 +81,34 @@ class TextGate:
         elif final:
             end = len(text)
         else:
-            end = last_word_end(text, self.released, max(len(text) - self.hold_back, self.released))
+            limit = max(len(text) - self.hold_back, self.released)
+            end = last_word_end(text, self.released, limit) if self.safety is None else self._safe_end(limit)
         if self.safety is not None and end > self.released:
-            match = self.safety.find(text, self.released, end)
-            if match is not None:
-                end, self.finish_reason = max(match.start(), self.released), "content_filter"
+            folded, base = self._folded, len(self.context)
+            # Nothing that is shown can still grow into a blocked word, so after the first check only
+            # a blocked word's length before it needs a look; the first looks back into the context.
+            back = self.safety.near if self.released else self.safety.margin
+            start = max(0, folded.folded_index(base + self.released) - back)
+            span = self.safety.search(folded.text, start, folded.folded_index(base + end))
+            if span is not None:
+                end = max(folded.origin[span[0]] - base, self.released)
+                self.finish_reason = "content_filter"
         piece = text[self.released:end]
         self.released = end
         return piece
+
+    def _safe_end(self, limit: int) -> int:
+        """The largest end in [released, limit] before anything that may still become a blocked word."""
+        folded, base = self._folded, len(self.context)
+        f_limit = folded.folded_index(base + limit)
+        cut = self.safety.unfinished_start(folded.text, f_limit)
+        while cut < f_limit:  # a cut inside what one character folds to ("¼" -> "1⁄4") moves before it all
+            whole = folded.folded_index(folded.origin[cut])
+            if whole == cut:
+                break
+            cut = self.safety.unfinished_start(folded.text, whole)
+        end = folded.original_index(cut) - base if cut < f_limit else limit
+        return min(max(end, self.released), limit)
 
 
 @dataclass(eq=False)  # compared and hashed by identity: jobs live in a set
@@ -186,7 +219,7 @@ class StoryRunner:
     def _tell(self, job: StoryJob) -> JobRecord:
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         started = time.perf_counter()
-        gate = TextGate(self.safety, job.stop)
+        gate = TextGate(self.safety, job.stop, context=job.prompt)
         events = engine.stream_events(model, tokenizer, job.prompt, job.config)
         summary, pieces, reason = None, 0, None
         try:
