@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 import tinytales.generate as engine
-from tinytales.modeldir import LoadedModel
+from tinytales.core import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.runner import TextGate
 from tinytales.serve.safety import normalize, word_forms
