@@ -43,7 +43,8 @@ def measure(spec: dict) -> dict:
 
     from tinytales.evaluate import evaluate
     from tinytales.formats import load_model, resolve_tokenizer
-    from tinytales.train import TrainConfig, train
+    from tinytales.config import TrainConfig
+    from tinytales.train import train
 
     tokenizer = resolve_tokenizer(spec["tokenizer"])
     config = TrainConfig.from_sources(
@@ -75,7 +76,8 @@ def train_transformers(config, tokenizer):
     from tinytales.batches import make_batches
     from tinytales.formats.transformers_lm import TransformersLM
     from tinytales.model import GPT, GPTConfig
-    from tinytales.train import autocast_context, learning_rate, resolve_precision
+    from tinytales.config import learning_rate
+    from tinytales.train import autocast_context, resolve_precision
 
     from .common import transformers_twin
 

@@ -64,7 +64,8 @@ def measure(spec: dict) -> dict:
     from tinytales.kernels import FAST
     from tinytales.model import GPT, GPTConfig
     from tinytales.runtime import tune_allocator
-    from tinytales.train import TrainConfig, autocast_context, make_optimizer, resolve_precision
+    from tinytales.config import TrainConfig
+    from tinytales.train import autocast_context, make_optimizer, resolve_precision
 
     from .common import peak_rss_mb, transformers_twin
 

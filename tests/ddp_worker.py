@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tinytales.train import TrainConfig, train
+from tinytales.config import TrainConfig
+from tinytales.train import train
 
 data, tokenizer, out, steps, report_dir = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
 torch.set_num_threads(1)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tinytales.checkpoint import list_checkpoints
-from tinytales.train import TrainConfig, rescale_data_state, train
+from tinytales.config import TrainConfig
+from tinytales.train import rescale_data_state, train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

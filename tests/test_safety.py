@@ -15,7 +15,7 @@ import tinytales.generate as engine
 from tinytales.core import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.runner import TextGate
-from tinytales.serve.safety import normalize, word_forms
+from tinytales.serve.safety import word_forms
 
 VALID_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinystories" / "valid.jsonl"
 

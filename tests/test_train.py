@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tinytales.checkpoint import list_checkpoints
-from tinytales.train import TrainConfig, learning_rate, train
+from tinytales.config import TrainConfig, learning_rate
+from tinytales.train import train
 
 
 def tiny_config(tmp_path, data, **overrides) -> TrainConfig:

@@ -1,7 +1,10 @@
 """`tinytales train` and `tinytales plot`."""
 from __future__ import annotations
 
+import inspect
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -11,43 +14,40 @@ from . import app
 from .common import console, print_json, user_errors
 
 
-@app.command()
-@user_errors
-def train(
-    data: Optional[str] = typer.Option(None, help="Training stories: file, folder, glob, prepared folder or hf:DATASET."),
-    val_data: Optional[str] = typer.Option(None, help="Validation stories (same kinds of source)."),
-    out: Optional[str] = typer.Option(None, help="Run directory (checkpoints, history, final model)."),
-    preset: Optional[str] = typer.Option(None, help="Model + training preset: story (the recommended recipe), tiny, seed, micro, small."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings (flags override it)."),
-    tokenizer: Optional[str] = typer.Option(None, help="gpt2, a tokenizer.json or a model dir; default: train one."),
-    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary of the tokenizer trained when none is given."),
-    mode: Optional[str] = typer.Option(None, help="packed (fixed-length, fast) or padded (dynamic padding)."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the data."),
-    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
-    minutes: Optional[float] = typer.Option(None, help="Train for this many minutes of wall-clock time: the schedule "
-                                                       "follows the budget used (overrides --epochs/--max-steps)."),
-    optimizer: Optional[str] = typer.Option(None, help="muon (Muon for weight matrices + AdamW) or adamw."),
-    muon_lr: Optional[float] = typer.Option(None, help="Muon's peak learning rate (with --optimizer muon)."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per micro-batch."),
-    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    schedule: Optional[str] = typer.Option(None, help="cosine, wsd or constant (after warmup)."),
-    warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (matrices only)."),
-    dropout: Optional[float] = typer.Option(None, help="Dropout probability."),
-    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16 or fp16."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
-    eval_every: Optional[int] = typer.Option(None, help="Steps between validation evaluations."),
-    keep_last: Optional[int] = typer.Option(None, help="Checkpoints to keep."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (weights, data order, dropout)."),
-    resume: Optional[str] = typer.Option(None, help="A checkpoint, a run directory, or 'auto' (newest in --out)."),
-    init_from: Optional[str] = typer.Option(None, help="Fine-tune: start from this model's weights and tokenizer."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-):
+# Flags not generated from TrainConfig: the command's own, and one per setting kept from the command line
+OWN_FLAGS = {"model", "progress", "plot"}
+
+
+def _train_flags() -> list[inspect.Parameter]:
+    """One --flag per TrainConfig setting, with its help and default, so that no setting is restated by hand."""
+    from ..config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig.__dataclass_fields__
+    flags = []
+    for f in fields(TrainConfig):
+        if f.name in OWN_FLAGS:
+            continue
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None -> X
+        default = defaults[f.name].default
+        names = [f"--{f.name.replace('_', '-')}"]
+        if base is bool:
+            names = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        option = typer.Option(None, *names, help=help_text, show_default=False)
+        flags.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                       annotation=Optional[base]))
+    return flags
+
+
+def train(config: Optional[Path] = None, dropout: Optional[float] = None, model_setting: Optional[list[str]] = None,
+          as_json: bool = False, **settings):
     """Train a model from scratch, resume a run, or fine-tune a model on new stories.
+
+    Every training setting has a flag (shown below with its built-in default; a --preset or --config file
+    changes those defaults, and a resumed run starts from its own settings). Model settings come from the
+    preset, the config file's `model:` mapping, or --model-setting KEY=VALUE.
 
     Examples:
 
@@ -56,20 +56,20 @@ def train(
       tinytales train --config configs/bundled.yaml --resume auto
 
       tinytales train --init-from runs/base/model --data my_stories.txt --out runs/mine --epochs 2 --lr 3e-4
-    """
-    from ..train import TrainConfig, train as run_training
 
-    overrides = dict(data=data, val_data=val_data, out=out, tokenizer=tokenizer, vocab_size=vocab_size, mode=mode,
-                     epochs=epochs, max_steps=max_steps, minutes=minutes, optimizer=optimizer, muon_lr=muon_lr, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                     schedule=schedule, warmup_steps=warmup_steps, weight_decay=weight_decay, precision=precision,
-                     device=device, checkpoint_every=checkpoint_every, eval_every=eval_every, keep_last=keep_last,
-                     seed=seed, resume=resume, init_from=init_from, threads=threads, compile=compile,
-                     model={"dropout": dropout} if dropout is not None else None)
-    if (max_steps is not None or minutes is not None) and epochs is None:
-        overrides["epochs"] = None
-    settings = TrainConfig.from_sources(preset=preset, config_file=str(config) if config else None, **overrides)
-    settings.progress = sys.stdout.isatty() and not as_json
-    result = run_training(settings)
+      tinytales train --data stories.jsonl --model-setting n_layer=6 --model-setting qk_norm=true
+    """
+    from ..config import TrainConfig
+    from ..train import train as run_training
+
+    model = _model_settings(model_setting or [])
+    if dropout is not None:
+        model["dropout"] = dropout
+    preset = settings.pop("preset", None)
+    run = TrainConfig.from_sources(preset=preset, config_file=str(config) if config else None, model=model or None,
+                                   **settings)
+    run.progress = sys.stdout.isatty() and not as_json
+    result = run_training(run)
     if result.model_dir is None:  # one of torchrun's other processes: the first one reports
         return
     summary = {"run_dir": str(result.run_dir), "model_dir": str(result.model_dir), "steps": result.steps,
@@ -80,6 +80,34 @@ def train(
     _print_epoch_table(result.history["epochs"])
     console.print(f"model saved to [bold]{result.model_dir}[/]; curves in {result.run_dir / 'loss.png'}")
     console.print(f'try it: tinytales generate "Once upon a time" --model {result.model_dir}')
+
+
+def _model_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs of GPTConfig settings, the values read as YAML (6, 0.1, true, rmsnorm)."""
+    import yaml
+
+    model = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-setting takes KEY=VALUE, e.g. --model-setting n_layer=6; got {pair!r}")
+        model[key.strip()] = yaml.safe_load(value)
+    return model
+
+
+train.__signature__ = inspect.Signature([
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                      default=typer.Option(None, "--config", help="YAML/JSON file of settings (flags override it).")),
+    inspect.Parameter("dropout", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
+                      default=typer.Option(None, help="Dropout probability (a model setting).")),
+    inspect.Parameter("model_setting", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
+                      default=typer.Option(None, "--model-setting", help="A model setting KEY=VALUE (GPTConfig: "
+                                           "n_layer, n_embd, n_head, qk_norm, ...); repeat for several.")),
+    *_train_flags(),
+    inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--json", help="Print the result as JSON.")),
+])
+app.command("train")(user_errors(train))
 
 
 def _print_epoch_table(rows: list[dict]) -> None:
