@@ -63,7 +63,7 @@ def measure(spec: dict) -> dict:
 
     from tinytales.kernels import FAST
     from tinytales.model import GPT, GPTConfig
-    from tinytales.runtime import tune_allocator
+    from tinytales.allocator import tune_allocator
     from tinytales.config import TrainConfig
     from tinytales.train import autocast_context, make_optimizer, resolve_precision
 

@@ -76,7 +76,7 @@ def test_context_overflow_is_a_clear_error(tiny_model):
 def test_tune_allocator_sets_glibc_thresholds_once():
     import platform
 
-    from tinytales.runtime import tune_allocator
+    from tinytales.allocator import tune_allocator
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected

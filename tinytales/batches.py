@@ -7,6 +7,8 @@
   `Batch(inputs, targets, attention_mask)` forever; `state_dict()` = {"epoch", "batch"} (or
   {"epoch", "documents", "leftover"} when streaming) fixes the next batch, for exact resume.
 (Reading and cleaning the stories: `tinytales.stories`.)
+
+Longer than 500 lines because the three loaders share their resumable-state contract and the shard format.
 """
 from __future__ import annotations
 

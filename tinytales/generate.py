@@ -18,6 +18,9 @@ The rules, in one place:
 - end: a story ends at the tokenizer's `eot_id` (finished=True) or after max_new_tokens (finished=False).
 - logits: only the last position's (B, V) logits are computed and filtered; ids the model has but
   the tokenizer does not (a vocabulary padded to a multiple of 64) are never chosen.
+
+Longer than 500 lines because it is the one engine behind every method: the prompt rule, the logits filters,
+sampling, beam search and streaming share the window and the decoding state, and read best side by side.
 """
 from __future__ import annotations
 

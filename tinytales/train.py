@@ -1,7 +1,10 @@
 """The training loop: AdamW, warmup + cosine/WSD schedule, clipping, accumulation, mixed precision,
 periodic evaluation, atomic checkpoints and exact resume, optionally over several processes (torchrun).
 
-`train(TrainConfig(...))` is what `tinytales train` calls.
+`train(TrainConfig(...))` is what `tinytales train` calls (the settings and the schedule: tinytales.config).
+
+Longer than 500 lines because the loop needs its helpers at hand: processes and precision, building the
+tokenizer, model and optimizers, checkpoints with exact resume, evaluation, and the progress reporter.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from .model import GPT, GPTConfig
 from .core import IGNORE_INDEX, resolve_device, write_json
 from .formats import load_model, resolve_tokenizer, save_model
 from .optim import Muon, Optimizers
-from .runtime import tune_allocator
+from .allocator import tune_allocator
 
 # ---------------------------------------------------------------------------------------------
 # Environment: device, precision, processes
