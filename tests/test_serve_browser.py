@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tinytales.generate as engine
+from tinytales.defaults import STORY_DEFAULTS
 from tinytales.serve import create_app
 from tinytales.serve.background import BackgroundServer
 from tinytales.serve.safety import PROMPT_REFUSED
@@ -96,7 +97,7 @@ def test_story_ingredients_go_with_the_request(server, page, monkeypatch):
     scripted = engine.stream_events
 
     def recording(model, tokenizer, prompt, config):
-        asked.append((prompt, config.words, config.features))
+        asked.append((prompt, config.words, config.features, config.top_k))
         return scripted(model, tokenizer, prompt, config)
 
     monkeypatch.setattr(engine, "stream_events", recording)
@@ -111,7 +112,8 @@ def test_story_ingredients_go_with_the_request(server, page, monkeypatch):
     assert not page.is_checked("input[name=feature][value='HappyEnding']")
     page.click("#tell")
     page.wait_for_selector("#again", state="visible")
-    assert asked == [("", ("dog", "cake", "rainy"), ("Dialogue", "SadEnding"))]
+    # the grown-up settings start from the server's story defaults (top_k 0, as on the command line)
+    assert asked == [("", ("dog", "cake", "rainy"), ("Dialogue", "SadEnding"), STORY_DEFAULTS["top_k"])]
     assert page.inner_text("#story") == "".join(STORY)
     page.fill("#words", "a, b, c, d, e, f")
     page.click("#tell")

@@ -13,3 +13,11 @@ STORY_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "
 # Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the
 # usual remedy (the CLI, the API and the compare tables use it for beam search unless told otherwise).
 BEAM_NO_REPEAT_NGRAM = 3
+
+# Limits. The library and the command line take long prompts (the model reads only their last tokens);
+# the HTTP API, open to anyone who can reach it, takes less of everything.
+MAX_PROMPT_CHARS = 20_000
+API_MAX_PROMPT_CHARS = 2_000
+API_MAX_NEW_TOKENS = 1024
+API_MAX_BEAMS = 8
+API_MAX_TOP_K = 1000

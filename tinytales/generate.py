@@ -33,12 +33,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .decoding import stepper
-from .defaults import BEAM_NO_REPEAT_NGRAM, STORY_DEFAULTS
+from .defaults import BEAM_NO_REPEAT_NGRAM, MAX_PROMPT_CHARS, STORY_DEFAULTS
 from .ingredients import Ingredients
 from .tokenizer import story_start_id
 
 METHODS = ("greedy", "beam", "sample")
-MAX_PROMPT_CHARS = 20_000
 EXAMPLE_PROMPT = "Once upon a time, there was a little girl named Lily."
 NEG_INF = float("-inf")
 NUCLEUS_FIRST_GUESS = 256  # top-p looks for the nucleus among this many best tokens first

@@ -10,13 +10,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..defaults import API_MAX_BEAMS as MAX_BEAMS
+from ..defaults import API_MAX_NEW_TOKENS as MAX_NEW_TOKENS
+from ..defaults import API_MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
+from ..defaults import API_MAX_TOP_K as MAX_TOP_K
 from ..defaults import STORY_DEFAULTS
 from ..ingredients import FEATURES, MAX_WORD_CHARS, MAX_WORDS
 
-MAX_PROMPT_CHARS = 2000
-MAX_NEW_TOKENS = 1024
-MAX_BEAMS = 8
-MAX_TOP_K = 1000
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**32 - 1

@@ -214,6 +214,11 @@ async function loadInfo() {
     ui.prompt.maxLength = info.limits.prompt_chars;
     ui.maxNewTokens.max = info.limits.max_new_tokens;
     $("num_beams").max = info.limits.num_beams;
+    // the story defaults come from the server (tinytales.defaults), not from this page
+    for (const id of ["temperature", "top_p", "top_k", "num_beams"]) {
+      if (info.defaults[id] !== undefined) $(id).value = info.defaults[id];
+    }
+    for (const id of ["temperature", "top_p"]) $(`${id}-out`).textContent = $(id).value;
     ui.about.textContent = `Model: ${info.model} (reads ${info.context_length} tokens at a time).`;
     $("ingredients-hint").hidden = info.ingredients.trained;
     ui.safetyLine.textContent = info.safety
