@@ -78,6 +78,21 @@ def test_killed_run_resumes_exactly(tmp_path, jsonl_file):
     assert losses(resumed) == losses(full)
 
 
+def test_a_run_without_a_terminal_logs_plain_lines(tmp_path, jsonl_file):
+    """nohup, CI and notebooks see the run as it goes: flushed lines on stderr, stdout left to --json."""
+    command = [sys.executable, "-m", "tinytales", "train", "--preset", "tiny", "--data", str(jsonl_file),
+               "--val-data", str(jsonl_file), "--out", str(tmp_path / "run"), "--vocab-size", "300", "--max-steps", "6",
+               "--log-every", "2", "--checkpoint-every", "3", "--eval-every", "3", "--threads", "1", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == 6  # stdout: the JSON only
+    lines = done.stderr.splitlines()
+    logged = [line for line in lines if line.startswith("step ") and "tok/s" in line]
+    assert [line.split()[1] for line in logged] == ["1/6", "2/6", "4/6", "6/6"]
+    assert all("loss " in line and "lr " in line and "eta " in line for line in logged)
+    assert any("val loss" in line for line in lines) and any("checkpoint written" in line for line in lines)
+
+
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, jsonl_file):
     big = train(tiny_config(tmp_path / "big", jsonl_file, batch_size=8, grad_accum=1, max_steps=3,
                             model={"dropout": 0.0}, mode="packed"))
@@ -141,7 +156,7 @@ def test_cli_train_then_plot(tmp_path, jsonl_file):
     result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(jsonl_file), "--out", str(out),
                                  "--vocab-size", "300", "--max-steps", "5", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["steps"] == 5
+    assert json.loads(result.stdout)["steps"] == 5
     result = runner.invoke(app, ["plot", str(out), "--out", str(tmp_path / "curves.png")])
     assert result.exit_code == 0 and (tmp_path / "curves.png").exists()
     result = runner.invoke(app, ["train", "--preset", "nope", "--data", str(jsonl_file)])

@@ -1,4 +1,4 @@
-"""Training curves: loss (train and validation) and gradient norm against steps, as a PNG."""
+"""Training curves: loss (train and validation), gradient norm and learning rate against steps, as a PNG."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ def read_history(run_dir) -> dict:
 
 
 def plot_run(run_dir, out: str | Path | None = None) -> Path:
-    """Write loss and grad-norm curves of a run to `out` (default RUN/loss.png)."""
+    """Write the loss, grad-norm and learning-rate curves of a run to `out` (default RUN/loss.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def plot_run(run_dir, out: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir}/history.json has no logged steps yet; train longer or lower --log-every")
     out = Path(out) if out else Path(run_dir) / "loss.png"
     x = [r["step"] for r in steps]
-    fig, (ax_loss, ax_grad) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    fig, (ax_loss, ax_grad, ax_lr) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     ax_loss.plot(x, [r["loss"] for r in steps], label="train loss", color="#3b6ea8", linewidth=1.2)
     evals = history.get("evals", [])
     if evals:
@@ -37,6 +37,10 @@ def plot_run(run_dir, out: str | Path | None = None) -> Path:
     ax_grad.plot(x, [r["grad_norm"] for r in steps], color="#5a9e5a", linewidth=1.0)
     ax_grad.set(xlabel="step", ylabel="gradient norm (before clipping)", title="Gradient norm")
     ax_grad.grid(alpha=0.3)
+    ax_lr.plot(x, [r["lr"] for r in steps], color="#8a5aa8", linewidth=1.0)
+    ax_lr.set(xlabel="step", ylabel="peak learning rate of the step (AdamW's)", title="Learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -287,7 +287,7 @@ def train(config: TrainConfig) -> TrainResult:
                                           "optimizer": kind, "precision": precision,
                                           "world_size": runtime.world_size})
 
-    reporter = _Reporter(config, total_steps or 0, step, enabled=config.progress and runtime.is_main)
+    reporter = _Reporter(config, total_steps or 0, step, enabled=config.progress, main=runtime.is_main)
     data_iter = iter(batches)
     tokens_per_step = config.batch_size * seq_len * config.grad_accum * runtime.world_size
     elapsed_before = history["steps"][-1]["elapsed"] if history["steps"] else 0.0
@@ -352,6 +352,7 @@ def train(config: TrainConfig) -> TrainResult:
                     _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base,
                           epoch_acc)
                     write_json(run_dir / "history.json", history)
+                    reporter.note(f"step {step}: checkpoint written to {ckpt.checkpoint_dir(run_dir, step)}")
 
     if step and epoch_acc.steps:  # a partial last epoch still gets its row
         row = epoch_acc.close(val_loss, history["steps"][-1]["elapsed"] if history["steps"] else 0.0, batches.epoch)
@@ -503,38 +504,53 @@ def _format_epoch(row: dict) -> str:
 
 
 class _Reporter:
-    """A rich progress bar with loss, tokens/s and ETA (or nothing, when disabled)."""
+    """How a run shows its progress: a rich progress bar on a terminal; elsewhere (a log file, CI, a notebook)
+    plain flushed lines on stderr every `log_every` steps, with evaluations and checkpoints; nothing on the
+    other processes of a torchrun job."""
 
-    def __init__(self, config: TrainConfig, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        self.total, self.start = total, start
+    def __init__(self, config: TrainConfig, total: int, start: int, enabled: bool, main: bool = True):
+        self.bar = enabled and main and sys.stdout.isatty()
+        self.lines = main and not self.bar
+        self.total, self.start, self.log_every = total, start, config.log_every
         self.progress = None
+        self.started = time.perf_counter()
 
     def __enter__(self):
-        if self.enabled:
+        if self.bar:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
             self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
-                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                     disable=not sys.stdout.isatty())
+                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
             self.progress.__enter__()
             self.task = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
         return self
 
     def update(self, step: int, record: dict, total: int | None = None):
         """total: the estimated number of steps, under a time budget."""
+        total = max(total or self.total, step)
         if self.progress:
-            if total:
-                self.progress.update(self.task, total=max(total, step))
-            self.progress.update(self.task, completed=step, loss=f"{record['loss']:.3f}",
+            self.progress.update(self.task, total=total, completed=step, loss=f"{record['loss']:.3f}",
                                  speed=f"{record['tokens_per_s']:,.0f}")
+        elif self.lines and (step % self.log_every == 0 or step == self.start + 1 or step == total):
+            done = step - self.start
+            seconds = time.perf_counter() - self.started
+            eta = seconds / max(done, 1) * max(total - step, 0)
+            self.note(f"step {step}/{total}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                      f"{record['tokens_per_s']:,.0f} tok/s  elapsed {_clock(record['elapsed'])}  eta {_clock(eta)}")
 
     def note(self, message: str):
         if self.progress:
             self.progress.console.print(message)
+        elif self.lines:
+            print(message, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self.progress:
             self.progress.__exit__(*exc)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
