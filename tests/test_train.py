@@ -78,6 +78,45 @@ def test_killed_run_resumes_exactly(tmp_path, jsonl_file):
     assert losses(resumed) == losses(full)
 
 
+def test_every_training_setting_has_a_flag_with_its_default():
+    from dataclasses import fields
+
+    from typer.testing import CliRunner
+
+    from tinytales.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).stdout.replace("│", " ").split())
+    for f in fields(TrainConfig):
+        if f.name in ("model", "progress", "plot"):
+            continue
+        assert f"--{f.name.replace('_', '-')}" in text, f.name
+    assert "(default: 1.0)" in text and "--model-setting" in text  # epochs' default, and the model settings
+
+
+def test_a_typo_in_a_model_setting_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model settings \['n_layers'\]"):
+        TrainConfig.from_sources(data="x", out=str(tmp_path), model={"n_layers": 2})
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("data: x\nmodel:\n  n_embed: 64\n")
+    with pytest.raises(ValueError, match="n_embed"):
+        TrainConfig.from_sources(config_file=str(config_file), out=str(tmp_path))
+
+
+def test_model_settings_from_the_command_line(tmp_path, jsonl_file):
+    from typer.testing import CliRunner
+
+    from tinytales.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", str(jsonl_file), "--out", str(tmp_path),
+                                      "--vocab-size", "300", "--max-steps", "1", "--model-setting", "n_layer=1",
+                                      "--model-setting", "qk_norm=true", "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run.json").read_text())["model"]
+    assert saved["n_layer"] == 1 and saved["qk_norm"] is True
+    bad = CliRunner().invoke(app, ["train", "--data", "x", "--model-setting", "n_layer"])
+    assert bad.exit_code == 1 and "KEY=VALUE" in bad.output
+
+
 def test_a_run_without_a_terminal_logs_plain_lines(tmp_path, jsonl_file):
     """nohup, CI and notebooks see the run as it goes: flushed lines on stderr, stdout left to --json."""
     command = [sys.executable, "-m", "tinytales", "train", "--preset", "tiny", "--data", str(jsonl_file),

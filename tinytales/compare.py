@@ -6,7 +6,7 @@ reproducible) and measured: its length in words, whether it ended by itself, how
 TinyStories has never met (words outside the vocabulary of the training stories). Each model can
 also be scored with bits per byte on a held-out set. The result renders as Markdown or JSON.
 
-The children's vocabulary ships as `tinytales/data/children_vocab.txt`; rebuild it with
+The children's vocabulary ships as `tinytales/resources/children_vocab.txt`; rebuild it with
     python -c "from tinytales.compare import build_children_vocab as b; b('../shared/data/tinystories/train.jsonl')"
 """
 from __future__ import annotations

@@ -73,17 +73,17 @@ def generate(
     """
     from rich.markup import escape
 
-    from ..generate import check_prompt, generate as tell, story_config
+    from .. import generate as engine
 
     # everything is checked before the (slower) model loading
-    config = story_config(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+    config = engine.story_config(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                           top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
                           no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
                           length_penalty=length_penalty, num_samples=num_samples, seed=seed,
                           words=words, features=features)
     if prompt is None:  # with ingredients the model begins the story itself
         prompt = "" if config.ingredients else DEFAULT_PROMPT
-    prompt = check_prompt(prompt, config.ingredients)
+    prompt = engine.check_prompt(prompt, config.ingredients)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
@@ -105,7 +105,7 @@ def generate(
         if stream and not as_json and num_samples == 1:
             stories = [_print_streamed(loaded, prompt, config)]
         else:
-            stories = tell(loaded.model, loaded.tokenizer, prompt, config)
+            stories = engine.generate(loaded.model, loaded.tokenizer, prompt, config)
             if not as_json:
                 _print_stories(prompt, stories)
     for warning in caught:
@@ -123,9 +123,9 @@ def generate(
 
 def _print_streamed(loaded, prompt: str, config):
     """Print the prompt, then the story piece by piece as it is generated; return the Story."""
-    from ..generate import stream_events
+    from .. import generate as engine
 
-    events = stream_events(loaded.model, loaded.tokenizer, prompt, config)  # checks everything before printing
+    events = engine.stream_events(loaded.model, loaded.tokenizer, prompt, config)  # checks everything first
     sys.stdout.write(prompt)
     sys.stdout.flush()
     for event in events:

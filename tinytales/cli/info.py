@@ -11,18 +11,12 @@ from .common import console, load_for_cli, print_json, user_errors
 
 def model_summary(loaded) -> dict:
     """What `tinytales info` shows: architecture, parameter counts, tokenizer and the model card."""
-    from dataclasses import asdict, is_dataclass
-
     from ..decoding import decoding_path
 
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.config
-    architecture = config.to_dict() if hasattr(config, "to_dict") else (
-        asdict(config) if is_dataclass(config) else dict(vars(config)))
-    if hasattr(model, "num_params"):
-        parameters, without_embeddings = model.num_params(), model.num_params(embeddings=False)
-    else:
-        parameters, without_embeddings = sum(p.numel() for p in model.parameters()), None
+    architecture = config.to_dict()  # GPTConfig and TransformersConfig alike (tinytales.core.LanguageModel)
+    parameters, without_embeddings = model.num_params(), model.num_params(embeddings=False)
     return {
         "path": str(loaded.path) if loaded.path else None,
         "architecture": architecture,
