@@ -3,7 +3,8 @@
 - `native`: the TinyTales model directory (config.json + model.safetensors + tokenizer.json + card.json);
 - `llama2c`: llama2.c's `.bin` models and `tokenizer.bin`;
 - `hf`: conversion to and from Hugging Face GPT-2 / Llama directories;
-- `transformers_lm`: any other transformers causal LM, run through an adapter.
+- `transformers_lm`: any other transformers causal LM, run through an adapter;
+- `hub`: models by Hugging Face hub name (`hf:owner/name`), fetched into the hub's cache.
 
 `load_model(reference)` and `resolve_tokenizer(spec)` turn what a user names into a model or a tokenizer;
 the modules below never import this one.
@@ -11,13 +12,14 @@ the modules below never import this one.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from ..core import LoadedModel
 from ..tokenizer import TOKENIZER_FILE, BPETokenizer, gpt2_tokenizer, load_tokenizer
-from . import hf, llama2c, native, transformers_lm
+from . import hf, hub, llama2c, native, transformers_lm
 from .native import bundled_model_path, save_model
 
 __all__ = ["load_model", "resolve_tokenizer", "bundled_model_path", "save_model", "LoadedModel"]
@@ -26,13 +28,18 @@ __all__ = ["load_model", "resolve_tokenizer", "bundled_model_path", "save_model"
 def load_model(path=None, device="cpu", dtype: torch.dtype = torch.float32, tokenizer_path=None) -> LoadedModel:
     """Load any accepted model reference; None means the bundled storyteller.
 
-    A TinyTales directory loads natively; a llama2.c `.bin` file with its tokenizer (`tokenizer_path`, or
+    `hf:owner/name[/file.bin][@revision]` is fetched from the Hugging Face hub first (`hub.fetch`: the hub's
+    cache, offline from it), then loaded like a local one. A TinyTales directory loads natively; a llama2.c `.bin` file with its tokenizer (`tokenizer_path`, or
     tokenizer.bin beside it); a Hugging Face directory natively when its architecture maps exactly (GPT-2,
     Llama), else through transformers (`TransformersLM`).
     """
+    if hub.is_hub_reference(path):
+        path = hub.fetch(path)
     path = Path(path) if path is not None else bundled_model_path()
     if not path.exists():
         hint = " (the bundled model ships with the package; reinstall it)" if path == bundled_model_path() else ""
+        if not hint and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+            hint = f" (a model on the Hugging Face hub? write hf:{path})"
         raise FileNotFoundError(f"model not found: {path}{hint}")
     if path.is_file() and path.suffix == ".bin":
         return llama2c.load_llama2c(path, tokenizer_path=tokenizer_path, device=device, dtype=dtype)
