@@ -65,7 +65,7 @@ def endless_engine(monkeypatch, delay: float = 0.005):
     progress = {"pieces": 0, "closed": 0, "active": 0, "max_active": 0}
     lock = threading.Lock()
 
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             with lock:
                 progress["active"] += 1
@@ -228,8 +228,8 @@ def test_eight_streaming_clients_at_once_all_complete(live, monkeypatch):
     active, most = [0], [0]
     lock = threading.Lock()
 
-    def counted(*args):  # the real engine, counting the stories told at the same time
-        events = real(*args)
+    def counted(*args, **kwargs):  # the real engine, counting the stories told at the same time
+        events = real(*args, **kwargs)
 
         def relay():
             with lock:
@@ -309,6 +309,34 @@ def test_disconnected_json_request_stops_generation(live, monkeypatch):
     assert history[-1].finish_reason == "cancelled" and progress["pieces"] < 400
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnected_beam_search_frees_its_worker_within_a_second(live, monkeypatch, stream):
+    """Beam search yields only at the end; the runner's should_stop stops it between steps."""
+    steps = []
+    real_logits = engine._Decoding.logits
+    eot = live.app.state.loaded.tokenizer.eot_id
+
+    def slow_logits(self, length):  # 10 ms a step and no story ends: 1024 tokens would take over 10 s
+        steps.append(length)
+        time.sleep(0.01)
+        logits = real_logits(self, length)
+        logits[:, eot] = float("-inf")
+        return logits
+
+    monkeypatch.setattr(engine._Decoding, "logits", slow_logits)
+    runner = live.app.state.runner
+    history = runner.history
+    before = len(history)
+    body = {"prompt": PROMPT, "method": "beam", "num_beams": 8, "max_new_tokens": 1024, "stream": stream}
+    with httpx.Client(base_url=live.url, timeout=0.5) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/api/generate", json=body)
+    gone = time.monotonic()
+    assert steps  # the search had started
+    assert wait_for(lambda: len(history) > before, timeout=5)
+    assert time.monotonic() - gone < 1.0 and runner.running == 0  # the worker is free again
+    assert history[-1].finish_reason == "cancelled" and len(steps) < 300
+
+
 # ---------------------------------------------------------------------------- the children's safety filter
 
 def test_filter_matches_whole_words_in_any_case():
@@ -355,7 +383,7 @@ def test_unsuitable_prompt_is_refused_kindly(client):
 def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
     consumed = []
 
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             for piece in ["The cat ", "met a ", "mur", "derer ", "who ", "was ", "nice."] * 20:
                 consumed.append(piece)
@@ -459,8 +487,9 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, mo
     from schemathesis import GenerationMode
 
     real = engine.stream_events
-    monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config: real(
-        model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4))))
+    monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config, should_stop=None: real(
+        model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4)),
+        should_stop))
     app = create_app(tiny_loaded, max_concurrent=1, max_queue=64)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [schema[path]["POST"] for path in ("/api/generate", "/v1/completions")]

@@ -48,7 +48,7 @@ def page(browser):
 
 def scripted_engine(monkeypatch, words=STORY, delay=0.03):
     """A known story, one word every `delay` s, so that the page can be seen streaming it."""
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             for word in words[:config.max_new_tokens]:
                 time.sleep(delay)
@@ -96,9 +96,9 @@ def test_story_ingredients_go_with_the_request(server, page, monkeypatch):
     scripted_engine(monkeypatch)
     scripted = engine.stream_events
 
-    def recording(model, tokenizer, prompt, config):
+    def recording(model, tokenizer, prompt, config, should_stop=None):
         asked.append((prompt, config.words, config.features, config.top_k))
-        return scripted(model, tokenizer, prompt, config)
+        return scripted(model, tokenizer, prompt, config, should_stop)
 
     monkeypatch.setattr(engine, "stream_events", recording)
     page.goto(server.url)
