@@ -463,6 +463,32 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, path, body, stat
     assert client.get("/healthz").status_code == 200  # and the server keeps serving
 
 
+LONE_SURROGATES = [
+    ("/api/generate", '{"prompt": "\\ud800"}', "prompt"),
+    ("/api/generate", '{"prompt": "Once \\udc00 upon"}', "prompt"),
+    ("/api/generate", '{"words": ["dog", "\\ud800"]}', "words"),
+    ("/api/generate", '{"features": ["\\ud800"]}', "features"),
+    ("/v1/completions", '{"prompt": "\\ud800"}', "prompt"),
+    ("/v1/completions", '{"prompt": ["Once \\ud800"], "stream": true}', "prompt"),
+    ("/v1/completions", '{"prompt": "Once", "stop": "\\ud800"}', "stop"),
+    ("/v1/completions", '{"prompt": "Once", "stop": ["x", "\\udfff"]}', "stop"),
+    ("/v1/completions", '{"prompt": "Once", "words": ["\\ud800"]}', "words"),
+    ("/v1/completions", '{"prompt": "Once", "model": "\\ud800"}', "model"),
+    ("/v1/completions", '{"prompt": "Once", "user": "\\ud800"}', "user"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", LONE_SURROGATES, ids=[f"{r[0]}-{r[1]}" for r in LONE_SURROGATES])
+def test_lone_surrogates_are_a_422_naming_the_field_in_both_apis(client, caplog, path, body, field):
+    with caplog.at_level("ERROR"):
+        answer = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"{field}")
+    assert "lone surrogate" in error["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback in the log
+
+
 def test_oversized_bodies_are_refused(client):
     big = json.dumps({"prompt": "a" * 70_000}).encode()
     assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
