@@ -159,6 +159,39 @@ def test_page_info_health_and_schema(client):
     assert {"/api/generate", "/v1/completions", "/v1/models", "/healthz"} <= set(paths)
 
 
+def test_head_requests_for_the_page_and_static_files(client):
+    for name in ("/", "/static/style.css", "/static/app.js"):
+        answer = client.head(name)
+        assert answer.status_code == 200 and answer.content == b"", name
+        assert int(answer.headers["content-length"]) == len(client.get(name).content)
+
+
+def test_page_static_and_api_answers_carry_security_headers(client):
+    for answer in (client.get("/"), client.head("/"), client.get("/static/app.js"), client.get("/static/style.css"),
+                   client.get("/healthz"), client.get("/no/such/page"),
+                   client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 2})):
+        headers = answer.headers
+        assert headers["x-content-type-options"] == "nosniff", answer.url
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
+        policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == "'self'" and policy["img-src"] == "'self' data:"
+        assert "unsafe-inline" not in headers["content-security-policy"]
+    page = client.get("/").text  # nothing the policy would block: no inline script, style or handler
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=", page)
+
+
+def test_api_docs_are_off_by_default_and_on_when_asked(tiny_loaded, client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    with TestClient(create_app(tiny_loaded, api_docs=True)) as c:
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assert "content-security-policy" not in docs.headers  # Swagger UI comes from a CDN
+        assert docs.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/redoc").status_code == 200 and c.get("/openapi.json").status_code == 200
+        assert "content-security-policy" in c.get("/").headers
+
+
 def test_ingredients_reach_the_engine_from_both_apis(client, tiny_loaded):
     asked = engine.GenerationConfig(method="greedy", max_new_tokens=8, words=("cat", "ball"), features=("Twist",))
     expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, "", asked)[0]
@@ -550,6 +583,11 @@ def test_serve_command_loads_the_model_and_runs_uvicorn(tiny_model_dir, monkeypa
     with TestClient(started["app"]) as c:
         assert c.get("/api/info").json()["safety"] is False
         assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+        assert c.get("/docs").status_code == 404
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--api-docs", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with TestClient(started["app"]) as c:
+        assert c.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize("args, message", [
