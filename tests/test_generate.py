@@ -9,6 +9,7 @@ import torch.nn as nn
 from tinytales.generate import (
     GenerationConfig,
     IncrementalDecoder,
+    Story,
     apply_repetition_penalty,
     ban_repeated_ngrams,
     encode_prompt,
@@ -529,6 +530,23 @@ def test_stream_pieces_join_to_the_story(tiny_model, tiny_tokenizer):
     beam = GenerationConfig(method="beam", max_new_tokens=10)
     *pieces, summary = stream_events(tiny_model, tiny_tokenizer, PROMPT, beam)
     assert "".join(pieces) == summary.text == generate(tiny_model, tiny_tokenizer, PROMPT, beam)[0].text
+
+
+@pytest.mark.parametrize("method", ["beam", "sample"])
+def test_should_stop_ends_generation_between_steps(tiny_model, tiny_tokenizer, method):
+    """Beam search yields nothing until its story is chosen, so closing the generator cannot stop it:
+    should_stop (a web server's "the client went away") is asked before every step instead."""
+    model = RecordingModel(tiny_model)
+    asked = []
+
+    def should_stop():
+        asked.append(len(model.steps))
+        return len(asked) > 5
+
+    config = GenerationConfig(method=method, max_new_tokens=500, num_beams=8, seed=0)
+    events = list(stream_events(model, tiny_tokenizer, PROMPT, config, should_stop=should_stop))
+    assert not any(isinstance(event, Story) for event in events)  # stopped: no summary
+    assert len(asked) == 6 and len(model.steps) <= 6
 
 
 def test_incremental_decoder_emits_only_whole_characters(tiny_tokenizer):

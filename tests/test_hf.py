@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 transformers = pytest.importorskip("transformers")
 
+from tinytales.core import LoadedModel  # noqa: E402
 from tinytales.generate import GenerationConfig, encode_prompt, generate  # noqa: E402
 from tinytales.formats.hf import (  # noqa: E402
     UnsupportedArchitecture, export_hf, hf_architecture, import_hf, read_hf_weights,
@@ -48,8 +49,11 @@ def hf_model(directory):
 
 
 def hf_generate(model, prompt_ids: list[int], eot: int, **settings) -> list[int]:
-    """New tokens of transformers' generate, up to and including the first eot (pad = eot)."""
+    """New tokens of transformers' generate, up to and including the first eot (pad = eot).
+
+    Plain decoding: an export's generation_config.json holds the story defaults (repetition penalty 1.1)."""
     ids = torch.tensor([prompt_ids])
+    settings = {"repetition_penalty": 1.0, **settings}
     with torch.no_grad():
         out = model.generate(ids, do_sample=False, eos_token_id=eot, pad_token_id=eot, **settings)
     new = out[0, ids.size(1):].tolist()
@@ -108,6 +112,64 @@ def test_export_writes_gpt2_files_and_a_tokenizer_transformers_reads(tiny_model_
         ids = tiny_tokenizer.encode(text)
         assert hf_tokenizer(text)["input_ids"] == ids
         assert hf_tokenizer.decode(ids) == tiny_tokenizer.decode(ids)
+
+
+def front_matter(card: str) -> tuple[dict, str]:
+    import yaml
+
+    assert card.startswith("---\n"), card[:80]
+    head, body = card[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body
+
+
+def test_export_writes_a_model_card_ready_for_the_hub(tiny_model_dir, tmp_path):
+    loaded = load_model(tiny_model_dir)
+    card = {"name": "tiny-stories", "description": "A tiny test model.", "data": "TinyStories, 100 stories",
+            "validation": {"data": "TinyStories validation, 9 stories", "bits_per_byte": 1.23456, "loss": 3.5}}
+    out = export_hf(LoadedModel(loaded.model, loaded.tokenizer, loaded.path, card), tmp_path / "hf")
+    metadata, body = front_matter((out / "README.md").read_text(encoding="utf-8"))
+    assert metadata == {"license": "cdla-sharing-1.0", "datasets": ["roneneldan/TinyStories"], "language": ["en"],
+                        "pipeline_tag": "text-generation", "library_name": "transformers",
+                        "tags": ["tinytales", "tinystories", "children-stories"]}
+    assert body.lstrip().startswith("# tiny-stories") and "A tiny test model." in body
+    assert "TinyStories, 100 stories" in body and f"{loaded.model.num_params():,}" in body
+    assert "bits per byte: 1.2346" in body and "TinyStories validation, 9 stories" in body
+    assert "AutoModelForCausalLM.from_pretrained" in body and "AutoTokenizer.from_pretrained" in body
+    assert "model.generate(ids)" in body and "tinytales generate" in body and "--model DIR" in body
+    assert "GPT2LMHeadModel" in body
+
+    # a card without figures: what is not there is left out
+    plain = export_hf(loaded.model, tmp_path / "plain", tokenizer=loaded.tokenizer)
+    metadata, body = front_matter((plain / "README.md").read_text(encoding="utf-8"))
+    assert metadata["license"] == "cdla-sharing-1.0" and body.lstrip().startswith("# plain")
+    assert "bits per byte" not in body and "## Evaluation" not in body
+
+
+def test_bundled_models_card_has_its_bits_per_byte(tmp_path):
+    loaded = load_model(None)
+    out = export_hf(loaded, tmp_path / "hf", dtype=torch.float16)
+    _, body = front_matter((out / "README.md").read_text(encoding="utf-8"))
+    assert f"bits per byte: {loaded.card['validation']['bits_per_byte']:.4f}" in body
+    assert body.lstrip().startswith("# tinytales-stories") and "LlamaForCausalLM" in body
+
+
+def test_generation_config_carries_the_story_defaults(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from tinytales.defaults import STORY_DEFAULTS
+
+    out = export_hf(load_model(tiny_model_dir), tmp_path / "hf")
+    written = json.loads((out / "generation_config.json").read_text())
+    eot = tiny_tokenizer.eot_id
+    assert written["bos_token_id"] == written["eos_token_id"] == written["pad_token_id"] == eot
+    assert written["do_sample"] is True
+    for key in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens"):
+        assert written[key] == STORY_DEFAULTS[key], key
+    read = transformers.GenerationConfig.from_pretrained(str(out))  # transformers takes it as it is
+    assert read.do_sample is True and read.temperature == STORY_DEFAULTS["temperature"]
+    assert read.top_p == STORY_DEFAULTS["top_p"] and read.top_k == STORY_DEFAULTS["top_k"]
+    assert read.repetition_penalty == STORY_DEFAULTS["repetition_penalty"]
+    assert read.max_new_tokens == STORY_DEFAULTS["max_new_tokens"]
+    assert (read.bos_token_id, read.eos_token_id, read.pad_token_id) == (eot, eot, eot)
+    assert hf_model(out).generation_config.temperature == STORY_DEFAULTS["temperature"]  # and the model uses it
 
 
 def test_export_in_float16_keeps_the_logits_close(tiny_tokenizer, tmp_path):
@@ -372,6 +434,7 @@ def test_cli_export_then_import_round_trips(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["architecture"] == "GPT2LMHeadModel" and "model.safetensors" in summary["files"]
+    assert {"README.md", "generation_config.json"} <= set(summary["files"])  # ready to upload
 
     result = runner.invoke(app, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back"), "--json"])
     assert result.exit_code == 0, result.output

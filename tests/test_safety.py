@@ -104,7 +104,7 @@ def tiny_loaded(tiny_tokenizer, tiny_config):
 
 
 def test_server_stops_a_word_split_between_prompt_and_story(tiny_loaded, monkeypatch):
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         return (piece for piece in ["ll", " the ", "deer", " and ", "ran."])
 
     monkeypatch.setattr(engine, "stream_events", stream_events)

@@ -65,7 +65,7 @@ def endless_engine(monkeypatch, delay: float = 0.005):
     progress = {"pieces": 0, "closed": 0, "active": 0, "max_active": 0}
     lock = threading.Lock()
 
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             with lock:
                 progress["active"] += 1
@@ -159,6 +159,39 @@ def test_page_info_health_and_schema(client):
     assert {"/api/generate", "/v1/completions", "/v1/models", "/healthz"} <= set(paths)
 
 
+def test_head_requests_for_the_page_and_static_files(client):
+    for name in ("/", "/static/style.css", "/static/app.js"):
+        answer = client.head(name)
+        assert answer.status_code == 200 and answer.content == b"", name
+        assert int(answer.headers["content-length"]) == len(client.get(name).content)
+
+
+def test_page_static_and_api_answers_carry_security_headers(client):
+    for answer in (client.get("/"), client.head("/"), client.get("/static/app.js"), client.get("/static/style.css"),
+                   client.get("/healthz"), client.get("/no/such/page"),
+                   client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 2})):
+        headers = answer.headers
+        assert headers["x-content-type-options"] == "nosniff", answer.url
+        assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
+        policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+        assert policy["default-src"] == "'self'" and policy["img-src"] == "'self' data:"
+        assert "unsafe-inline" not in headers["content-security-policy"]
+    page = client.get("/").text  # nothing the policy would block: no inline script, style or handler
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=", page)
+
+
+def test_api_docs_are_off_by_default_and_on_when_asked(tiny_loaded, client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    with TestClient(create_app(tiny_loaded, api_docs=True)) as c:
+        docs = c.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assert "content-security-policy" not in docs.headers  # Swagger UI comes from a CDN
+        assert docs.headers["x-content-type-options"] == "nosniff"
+        assert c.get("/redoc").status_code == 200 and c.get("/openapi.json").status_code == 200
+        assert "content-security-policy" in c.get("/").headers
+
+
 def test_ingredients_reach_the_engine_from_both_apis(client, tiny_loaded):
     asked = engine.GenerationConfig(method="greedy", max_new_tokens=8, words=("cat", "ball"), features=("Twist",))
     expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, "", asked)[0]
@@ -228,8 +261,8 @@ def test_eight_streaming_clients_at_once_all_complete(live, monkeypatch):
     active, most = [0], [0]
     lock = threading.Lock()
 
-    def counted(*args):  # the real engine, counting the stories told at the same time
-        events = real(*args)
+    def counted(*args, **kwargs):  # the real engine, counting the stories told at the same time
+        events = real(*args, **kwargs)
 
         def relay():
             with lock:
@@ -309,6 +342,34 @@ def test_disconnected_json_request_stops_generation(live, monkeypatch):
     assert history[-1].finish_reason == "cancelled" and progress["pieces"] < 400
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnected_beam_search_frees_its_worker_within_a_second(live, monkeypatch, stream):
+    """Beam search yields only at the end; the runner's should_stop stops it between steps."""
+    steps = []
+    real_logits = engine._Decoding.logits
+    eot = live.app.state.loaded.tokenizer.eot_id
+
+    def slow_logits(self, length):  # 10 ms a step and no story ends: 1024 tokens would take over 10 s
+        steps.append(length)
+        time.sleep(0.01)
+        logits = real_logits(self, length)
+        logits[:, eot] = float("-inf")
+        return logits
+
+    monkeypatch.setattr(engine._Decoding, "logits", slow_logits)
+    runner = live.app.state.runner
+    history = runner.history
+    before = len(history)
+    body = {"prompt": PROMPT, "method": "beam", "num_beams": 8, "max_new_tokens": 1024, "stream": stream}
+    with httpx.Client(base_url=live.url, timeout=0.5) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/api/generate", json=body)
+    gone = time.monotonic()
+    assert steps  # the search had started
+    assert wait_for(lambda: len(history) > before, timeout=5)
+    assert time.monotonic() - gone < 1.0 and runner.running == 0  # the worker is free again
+    assert history[-1].finish_reason == "cancelled" and len(steps) < 300
+
+
 # ---------------------------------------------------------------------------- the children's safety filter
 
 def test_filter_matches_whole_words_in_any_case():
@@ -355,7 +416,7 @@ def test_unsuitable_prompt_is_refused_kindly(client):
 def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
     consumed = []
 
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             for piece in ["The cat ", "met a ", "mur", "derer ", "who ", "was ", "nice."] * 20:
                 consumed.append(piece)
@@ -435,6 +496,32 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, path, body, stat
     assert client.get("/healthz").status_code == 200  # and the server keeps serving
 
 
+LONE_SURROGATES = [
+    ("/api/generate", '{"prompt": "\\ud800"}', "prompt"),
+    ("/api/generate", '{"prompt": "Once \\udc00 upon"}', "prompt"),
+    ("/api/generate", '{"words": ["dog", "\\ud800"]}', "words"),
+    ("/api/generate", '{"features": ["\\ud800"]}', "features"),
+    ("/v1/completions", '{"prompt": "\\ud800"}', "prompt"),
+    ("/v1/completions", '{"prompt": ["Once \\ud800"], "stream": true}', "prompt"),
+    ("/v1/completions", '{"prompt": "Once", "stop": "\\ud800"}', "stop"),
+    ("/v1/completions", '{"prompt": "Once", "stop": ["x", "\\udfff"]}', "stop"),
+    ("/v1/completions", '{"prompt": "Once", "words": ["\\ud800"]}', "words"),
+    ("/v1/completions", '{"prompt": "Once", "model": "\\ud800"}', "model"),
+    ("/v1/completions", '{"prompt": "Once", "user": "\\ud800"}', "user"),
+]
+
+
+@pytest.mark.parametrize("path, body, field", LONE_SURROGATES, ids=[f"{r[0]}-{r[1]}" for r in LONE_SURROGATES])
+def test_lone_surrogates_are_a_422_naming_the_field_in_both_apis(client, caplog, path, body, field):
+    with caplog.at_level("ERROR"):
+        answer = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"{field}")
+    assert "lone surrogate" in error["message"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # no traceback in the log
+
+
 def test_oversized_bodies_are_refused(client):
     big = json.dumps({"prompt": "a" * 70_000}).encode()
     assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
@@ -459,8 +546,9 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, mo
     from schemathesis import GenerationMode
 
     real = engine.stream_events
-    monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config: real(
-        model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4))))
+    monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config, should_stop=None: real(
+        model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4)),
+        should_stop))
     app = create_app(tiny_loaded, max_concurrent=1, max_queue=64)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [schema[path]["POST"] for path in ("/api/generate", "/v1/completions")]
@@ -495,6 +583,11 @@ def test_serve_command_loads_the_model_and_runs_uvicorn(tiny_model_dir, monkeypa
     with TestClient(started["app"]) as c:
         assert c.get("/api/info").json()["safety"] is False
         assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+        assert c.get("/docs").status_code == 404
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--api-docs", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with TestClient(started["app"]) as c:
+        assert c.get("/docs").status_code == 200
 
 
 @pytest.mark.parametrize("args, message", [

@@ -48,7 +48,7 @@ def page(browser):
 
 def scripted_engine(monkeypatch, words=STORY, delay=0.03):
     """A known story, one word every `delay` s, so that the page can be seen streaming it."""
-    def stream_events(model, tokenizer, prompt, config):
+    def stream_events(model, tokenizer, prompt, config, should_stop=None):
         def events():
             for word in words[:config.max_new_tokens]:
                 time.sleep(delay)
@@ -64,7 +64,7 @@ def test_story_streams_in_word_by_word(server, page, monkeypatch, tmp_path):
     page.goto(server.url)
     page.fill("#prompt", "Lily went outside.")
     page.click("#tell")
-    page.wait_for_function("document.querySelectorAll('#story .word').length >= 3")
+    page.locator("#story .word").nth(2).wait_for()  # (not wait_for_function: the page's CSP forbids eval)
     words_early = page.locator("#story .word").count()
     assert page.is_visible("#stop") and not page.is_visible("#again")  # still telling: it streams
     page.wait_for_selector("#again", state="visible")
@@ -74,6 +74,26 @@ def test_story_streams_in_word_by_word(server, page, monkeypatch, tmp_path):
     shot = tmp_path / "page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_page_works_under_its_content_security_policy(server, page, monkeypatch):
+    """The server sends a strict Content-Security-Policy (only its own scripts and styles, data: images
+    for the favicon); the page must not need anything it blocks."""
+    scripted_engine(monkeypatch)
+    console = []
+    page.on("console", lambda message: console.append(message.text))
+    page.add_init_script("window.violations = []; document.addEventListener('securitypolicyviolation', "
+                         "e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));")
+    response = page.goto(server.url)
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_selector(".idea")  # app.js ran and fetched /api/info
+    page.fill("#prompt", "Lily went outside.")
+    page.click("#tell")
+    page.wait_for_selector("#again", state="visible")
+    assert page.inner_text("#story") == "Lily went outside." + "".join(STORY)
+    assert page.evaluate("getComputedStyle(document.body).fontFamily") != "Times New Roman"  # style.css applied
+    assert page.evaluate("window.violations") == []
+    assert not [text for text in console if "Content Security Policy" in text]
 
 
 def test_real_model_story_and_another_one(server, page):
@@ -96,9 +116,9 @@ def test_story_ingredients_go_with_the_request(server, page, monkeypatch):
     scripted_engine(monkeypatch)
     scripted = engine.stream_events
 
-    def recording(model, tokenizer, prompt, config):
+    def recording(model, tokenizer, prompt, config, should_stop=None):
         asked.append((prompt, config.words, config.features, config.top_k))
-        return scripted(model, tokenizer, prompt, config)
+        return scripted(model, tokenizer, prompt, config, should_stop)
 
     monkeypatch.setattr(engine, "stream_events", recording)
     page.goto(server.url)
@@ -126,7 +146,7 @@ def test_stop_button_stops_the_story_on_the_server(server, page, monkeypatch):
     history = server.app.state.runner.history
     page.goto(server.url)
     page.click("#tell")
-    page.wait_for_function("document.querySelectorAll('#story .word').length >= 5")
+    page.locator("#story .word").nth(4).wait_for()
     page.click("#stop")
     page.wait_for_selector("#again", state="visible")
     assert "stopped" in page.inner_text("#stats")

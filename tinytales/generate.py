@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -426,11 +426,14 @@ def _token_steps(model, tokenizer, prompt_ids: list[int], config: GenerationConf
 
 
 @torch.inference_mode()
-def _beam_search(model, tokenizer, prompt_ids: list[int],
-                 config: GenerationConfig) -> list[tuple[float, list[int], bool]]:
+def _beam_search(model, tokenizer, prompt_ids: list[int], config: GenerationConfig,
+                 should_stop: Callable[[], bool] | None = None) -> list[tuple[float, list[int], bool]] | None:
     """Beam search; the hypotheses (score, new ids, finished), best first.
 
     score = sum of log-probabilities / new_tokens ** length_penalty (the eot token counts as a new token).
+    `should_stop` is asked before every step; when it returns True the search gives up and returns None
+    (a web server's client went away: beam search yields nothing until the end, so closing a generator
+    could not stop it).
     """
     K, eot, lp = config.num_beams, tokenizer.eot_id, config.length_penalty
     state = _Decoding(model, tokenizer, prompt_ids, config, K)
@@ -441,6 +444,8 @@ def _beam_search(model, tokenizer, prompt_ids: list[int],
     ended: list[tuple[float, list[int], bool]] = []
     length = P  # tokens in every row
     while length < total:
+        if should_stop is not None and should_stop():
+            return None
         logprobs = state.logits(length).log_softmax(-1)  # (K, V)
         candidates = (beam_scores[:, None] + logprobs).view(-1)  # (K * V,)
         top_scores, top_index = candidates.topk(min(2 * K, candidates.numel()))
@@ -550,11 +555,14 @@ class IncrementalDecoder:
         return piece
 
 
-def stream_events(model, tokenizer, prompt: str, config: GenerationConfig | None = None) -> Iterator[str | Story]:
+def stream_events(model, tokenizer, prompt: str, config: GenerationConfig | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> Iterator[str | Story]:
     """Text pieces of one story as they are produced, then the finished `Story` as the summary.
 
     The prompt and the settings are checked now (ValueError before anything is produced); the
     returned generator may be closed at any time to stop generating (a client went away).
+    `should_stop` (e.g. `threading.Event.is_set`) is asked before every token, beam search's steps
+    included; once it returns True generation stops and the generator ends without a summary.
     The summary has prompt_tokens, new_tokens, finished, seconds and tokens_per_second.
     """
     config = config or GenerationConfig()
@@ -562,20 +570,25 @@ def stream_events(model, tokenizer, prompt: str, config: GenerationConfig | None
         raise ValueError(f"streaming tells one story at a time: num_samples must be 1, got {config.num_samples}")
     prompt_ids, truncated = encode_prompt(tokenizer, prompt, model.config.context_length, config.max_new_tokens,
                                           config.ingredients)
-    return _events(model, tokenizer, prompt, prompt_ids, truncated, config)
+    return _events(model, tokenizer, prompt, prompt_ids, truncated, config, should_stop)
 
 
-def _events(model, tokenizer, prompt, prompt_ids, truncated, config) -> Iterator[str | Story]:
+def _events(model, tokenizer, prompt, prompt_ids, truncated, config, should_stop=None) -> Iterator[str | Story]:
     started = time.perf_counter()
     score = None
     if config.method == "beam":  # beam search knows its story only at the end: stream it token by token then
-        score, best_ids, _ = _beam_search(model, tokenizer, prompt_ids, config)[0]
+        hypotheses = _beam_search(model, tokenizer, prompt_ids, config, should_stop)
+        if hypotheses is None:  # stopped
+            return
+        score, best_ids, _ = hypotheses[0]
         tokens = iter(best_ids)
     else:
         tokens = (step[0] for step in _token_steps(model, tokenizer, prompt_ids, config))
     decoder = IncrementalDecoder(tokenizer)
     ids, finished = [], False
     for token in tokens:
+        if should_stop is not None and should_stop():
+            return
         ids.append(token)
         if token == tokenizer.eot_id:
             finished = True

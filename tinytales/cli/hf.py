@@ -32,11 +32,15 @@ def export(
 ):
     """Export a model for Hugging Face transformers (GPT-2 or Llama architecture, with its tokenizer).
 
+    The folder is ready to upload to the Hugging Face Hub: a README.md model card (hub metadata, training
+    data, parameters, bits per byte, how to use it) and a generation_config.json with the story defaults.
+
     Example:
 
       tinytales export runs/tiny/model --format hf --out exported/tiny
 
-    then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...).
+    then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...);
+    to share it, the hub's own CLI: hf upload USER/NAME exported/tiny
     """
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -57,6 +61,7 @@ def export(
     console.print(f"exported {loaded.path} as {summary['architecture']} to [bold]{out_dir}[/]")
     console.print(f'load it with: AutoModelForCausalLM.from_pretrained("{out_dir}") and '
                   f'AutoTokenizer.from_pretrained("{out_dir}")', highlight=False)
+    console.print(f"upload it with the hub's CLI (after hf auth login): hf upload USER/NAME {out_dir}", highlight=False)
 
 
 @app.command("import")

@@ -28,11 +28,15 @@ def serve(
     blocked_words: Optional[Path] = typer.Option(None, help="Your own word list (one word or phrase a line)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
     log_level: str = typer.Option("info", help=f"uvicorn's log level: {', '.join(LOG_LEVELS)}."),
+    api_docs: bool = typer.Option(False, "--api-docs",
+                                  help="Serve the interactive API pages /docs and /redoc (they load Swagger UI "
+                                       "and ReDoc from a CDN; /openapi.json is always served)."),
 ):
     """Start the story web page and the HTTP API; the model is loaded once.
 
     Open http://127.0.0.1:8000 for the page; the API (POST /api/generate, OpenAI-compatible
-    POST /v1/completions, GET /v1/models, GET /healthz) is described at /docs.
+    POST /v1/completions, GET /v1/models, GET /healthz) is described at /openapi.json, and with
+    --api-docs interactively at /docs.
 
     Examples:
 
@@ -52,8 +56,9 @@ def serve(
 
     loaded = load_for_cli(model, tokenizer, device)
     web = create_app(loaded, max_concurrent=max_concurrent, max_queue=max_queue, safety=safety,
-                     blocked_words=blocked_words)
+                     blocked_words=blocked_words, api_docs=api_docs)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"Telling stories with [bold]{web.state.model_name}[/] at http://{shown_host}:{port}  "
-                  f"(API docs: /docs; safety filter {'on' if safety else 'OFF'}; Ctrl+C stops)", highlight=False)
+                  f"(API: {'/docs' if api_docs else '/openapi.json'}; safety filter {'on' if safety else 'OFF'}; "
+                  f"Ctrl+C stops)", highlight=False)
     uvicorn.run(web, host=host, port=port, log_level=log_level)

@@ -4,6 +4,8 @@ A TinyTales model with GPT-2's parts (learned positions, LayerNorm, tanh-GELU) e
 GPT2LMHeadModel; one with Llama's parts (RoPE, RMSNorm, SwiGLU, optional GQA) as LlamaForCausalLM.
 Export and import need only safetensors/tokenizers; any other causal LM directory (GPT-Neo, GPT-J, ...)
 runs through `transformers_lm.TransformersLM` instead (`tinytales.formats.load_model` chooses).
+An export is ready to upload to the Hugging Face Hub as it is: a README.md model card with the hub's
+YAML metadata, and a generation_config.json with the story defaults (`tinytales.defaults`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..core import EOT, LoadedModel, atomic_directory, write_json
+from ..defaults import STORY_DEFAULTS
 from ..model import GPT, GPTConfig
 from ..tokenizer import TOKENIZER_FILE, BPETokenizer
 from .native import CONFIG_FILE, WEIGHTS_FILE, read_config, save_model
@@ -21,6 +24,18 @@ from .transformers_lm import load_hf_tokenizer
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GPT-2's tanh approximation, like ours
 IGNORED_HF_WEIGHTS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers, not weights
+CARD_FILE = "README.md"
+GENERATION_CONFIG_FILE = "generation_config.json"
+# The hub's model card metadata. The licence is the data's: TinyTales models are trained on TinyStories
+# (CDLA-Sharing-1.0), whose terms the weights share; a model trained on other stories needs its own.
+HUB_METADATA = {
+    "license": "cdla-sharing-1.0",
+    "datasets": ["roneneldan/TinyStories"],
+    "language": ["en"],
+    "pipeline_tag": "text-generation",
+    "library_name": "transformers",
+    "tags": ["tinytales", "tinystories", "children-stories"],
+}
 
 
 class UnsupportedArchitecture(ValueError):
@@ -237,12 +252,17 @@ def tinytales_config(hf: dict) -> tuple[GPTConfig, str]:
 
 # ----------------------------------------------------------------------------- export
 
-def export_hf(model, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None) -> Path:
-    """Write a directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
+def export_hf(model, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None, card: dict | None = None) -> Path:
+    """Write a directory that transformers loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained,
+    ready to upload to the Hugging Face Hub (README.md model card, generation_config.json with the story defaults).
 
-    `model`: a LoadedModel (from `tinytales.formats.load_model`), or a GPT with its `tokenizer`.
+    `model`: a LoadedModel (from `tinytales.formats.load_model`; its card describes the model), or a GPT
+    with its `tokenizer` (and optionally the TinyTales `card`: name, description, data, validation, ...).
     """
+    name = None
     if isinstance(model, LoadedModel):
+        card = model.card if card is None else card
+        name = Path(model.path).name if model.path is not None else None
         model, tokenizer = model.model, tokenizer or model.tokenizer
     elif tokenizer is None:
         raise ValueError("export_hf(model) needs the model's tokenizer: export_hf(model, out_dir, tokenizer=tok)")
@@ -250,9 +270,101 @@ def export_hf(model, out_dir, dtype: torch.dtype = torch.float32, tokenizer=None
         raise ValueError(f"{type(model).__name__} is already a transformers model: copy its directory instead")
     arch = hf_architecture(model.config)
 
+    card = dict(card or {})
+    name = card.get("name") or name or Path(out_dir).name
     with atomic_directory(out_dir) as tmp:
         _write_hf_files(model, tokenizer, arch, tmp, dtype)
+        (tmp / CARD_FILE).write_text(model_card(model, arch, dtype, name, card), encoding="utf-8")
     return Path(out_dir)
+
+
+def hf_generation_config(eot_id: int, bos_id: int) -> dict:
+    """generation_config.json: the story defaults, so that `model.generate(ids)` tells a story as TinyTales does."""
+    d = STORY_DEFAULTS
+    config = {"bos_token_id": bos_id, "eos_token_id": eot_id, "pad_token_id": eot_id, "do_sample": True,
+              "temperature": d["temperature"], "top_k": d["top_k"], "top_p": d["top_p"],  # top_k 0: off
+              "repetition_penalty": d["repetition_penalty"], "max_new_tokens": d["max_new_tokens"]}
+    if d["min_p"]:
+        config["min_p"] = d["min_p"]
+    if d["no_repeat_ngram_size"]:
+        config["no_repeat_ngram_size"] = d["no_repeat_ngram_size"]
+    return config
+
+
+def _yaml(metadata: dict) -> str:
+    """The hub's YAML front matter; every value is a string or a list of strings, written as JSON strings
+    (valid YAML double-quoted scalars)."""
+    lines = []
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            lines.append(f"{key}: {json.dumps(value)}")
+        else:
+            lines += [f"{key}:"] + [f"- {json.dumps(item)}" for item in value]
+    return "\n".join(lines)
+
+
+def model_card(model: GPT, arch: str, dtype: torch.dtype, name: str, card: dict) -> str:
+    """README.md for the hub: YAML metadata, then what the model is, was trained on and measured, and how to use it.
+
+    Figures come from the TinyTales card (card.json) where it has them; what it lacks is left out."""
+    config, training, validation = model.config, card.get("training") or {}, card.get("validation") or {}
+    architecture = "GPT2LMHeadModel" if arch == "gpt2" else "LlamaForCausalLM"
+    defaults = STORY_DEFAULTS
+    out = ["---", _yaml(HUB_METADATA), "---", "", f"# {name}", ""]
+    if card.get("description"):
+        out += [card["description"], ""]
+    out += [f"A small GPT that tells short stories for children, trained with TinyTales and exported as "
+            f"`{architecture}` for 🤗 transformers.", "", "## Training", ""]
+    data = card.get("data") or training.get("data")
+    out.append(f"- data: {data}" if data else "- data: TinyStories (roneneldan/TinyStories), stories written for "
+                                              "3-4 year olds")
+    for label, key in [("steps", "steps"), ("tokens seen", "tokens_seen")]:
+        value = card.get(key, training.get(key))
+        if isinstance(value, int):
+            out.append(f"- {label}: {value:,}")
+    hours = card.get("cpu_hours", training.get("compute_hours"))
+    if hours:
+        out.append(f"- compute: {hours:g} hours" + (f" on {card['hardware']}" if card.get("hardware") else ""))
+    out += ["", "## Model", "", "| | |", "|---|---|",
+            f"| architecture | `{architecture}` (`{arch}`) |",
+            f"| parameters | {model.num_params():,} ({model.num_params(embeddings=False):,} without embeddings) |",
+            f"| layers, heads, width | {config.n_layer}, {config.n_head}"
+            + (f" ({config.n_kv_head} key/value)" if config.n_kv_head != config.n_head else "")
+            + f", {config.n_embd} |",
+            f"| context | {config.context_length} tokens |",
+            f"| vocabulary | {config.vocab_size} tokens (byte-level BPE) |",
+            f"| weights | {str(dtype).removeprefix('torch.')} |", ""]
+    figures = [(label, validation[key]) for label, key in
+               [("bits per byte", "bits_per_byte"), ("loss", "loss"), ("perplexity", "perplexity")]
+               if isinstance(validation.get(key), (int, float))]
+    if not figures and isinstance(training.get("val_loss"), (int, float)):
+        figures = [("loss", training["val_loss"])]
+    if figures:
+        on = validation.get("data") or training.get("val_data")
+        out += ["## Evaluation", "", f"On {on}:" if on else "On held-out stories:", ""]
+        out += [f"- {label}: {value:.4f}" for label, value in figures] + [""]
+    sampling = (f"do_sample=True, temperature={defaults['temperature']}, top_p={defaults['top_p']}, "
+                f"top_k={defaults['top_k']}, repetition_penalty={defaults['repetition_penalty']}")
+    out += ["## Use it with transformers", "",
+            f"`generation_config.json` holds TinyTales' story defaults ({sampling}, "
+            f"max_new_tokens={defaults['max_new_tokens']}), so `generate` tells a story without settings. "
+            "Every training story follows the story-start token (`tokenizer.bos_token`): put it before the prompt.",
+            "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            'model = AutoModelForCausalLM.from_pretrained("USER/NAME")  # or the exported directory',
+            'tokenizer = AutoTokenizer.from_pretrained("USER/NAME")',
+            'prompt = "Once upon a time, there was a little girl named Lily."',
+            'ids = tokenizer(tokenizer.bos_token + prompt, return_tensors="pt").input_ids',
+            "story = model.generate(ids)  # the story defaults; e.g. max_new_tokens=100 to change one",
+            "print(prompt + tokenizer.decode(story[0, ids.shape[1]:], skip_special_tokens=True))",
+            "```", "", "## Use it with TinyTales", "",
+            "TinyTales reads this folder as it is (GPT-2 and Llama directories load natively):", "",
+            "```bash", "hf download USER/NAME --local-dir DIR        # or the exported directory itself",
+            'tinytales generate "Once upon a time" --model DIR',
+            "tinytales serve --model DIR                      # the story page and the HTTP API", "```", "",
+            "## Licence", "",
+            "The weights were trained on TinyStories, released under the Community Data License Agreement "
+            "Sharing 1.0 (CDLA-Sharing-1.0), and are shared under the same terms.", ""]
+    return "\n".join(out)
 
 
 def _write_hf_files(model: GPT, tokenizer, arch: str, directory: Path, dtype: torch.dtype) -> None:
@@ -275,8 +387,7 @@ def _write_hf_files(model: GPT, tokenizer, arch: str, directory: Path, dtype: to
     bos_id = tokenizer.eot_id if tokenizer.bos_id is None else tokenizer.bos_id  # GPT-2's convention: bos = eos
     eot, bos = backend.id_to_token(tokenizer.eot_id) or EOT, backend.id_to_token(bos_id) or EOT
     write_json(directory / CONFIG_FILE, hf_config_dict(config, arch, tokenizer.eot_id, bos_id, dtype))
-    write_json(directory / "generation_config.json",
-               {"bos_token_id": bos_id, "eos_token_id": tokenizer.eot_id, "pad_token_id": tokenizer.eot_id})
+    write_json(directory / GENERATION_CONFIG_FILE, hf_generation_config(tokenizer.eot_id, bos_id))
     special = {"bos_token": bos, "eos_token": eot, "unk_token": eot}
     write_json(directory / "special_tokens_map.json", special)
     write_json(directory / "tokenizer_config.json", {

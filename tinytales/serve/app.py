@@ -3,10 +3,12 @@
     app = create_app("runs/tiny/model")   # or None for the bundled model, or a LoadedModel
     uvicorn.run(app)                      # what `tinytales serve` does
 
-Routes: `GET /` (the page), `POST /api/generate`, `POST /v1/completions`, `GET /v1/models`,
-`GET /healthz`, `GET /api/info`, and FastAPI's `/openapi.json` and `/docs`.
+Routes: `GET`/`HEAD /` (the page) and `/static/...`, `POST /api/generate`, `POST /v1/completions`,
+`GET /v1/models`, `GET /healthz`, `GET /api/info`, FastAPI's `/openapi.json`, and with
+`api_docs=True` its `/docs` and `/redoc` (off by default: they load Swagger UI / ReDoc from a CDN).
 Every error is JSON `{"error": {"message", "type", "code", "param"}}` (OpenAI's shape), with a
-4xx status for anything the client can fix.
+4xx status for anything the client can fix. Every answer carries the usual security headers
+(`SECURITY_HEADERS`); the Content-Security-Policy allows only the server's own scripts and styles.
 """
 from __future__ import annotations
 
@@ -36,6 +38,16 @@ STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_SECONDS = 2
 POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The page loads only its own script and style sheet; its favicon is an inline data: SVG.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+}
+DOCS_URL, REDOC_URL = "/docs", "/redoc"
 
 
 class ApiError(Exception):
@@ -124,6 +136,34 @@ class BodySizeLimit:
         return await self.app(scope, limited_receive, send)
 
 
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every answer (streams included), leaving headers a route set alone.
+
+    Paths under `no_csp` (FastAPI's /docs and /redoc, which load Swagger UI from a CDN and run an
+    inline script) get every header but the Content-Security-Policy."""
+
+    def __init__(self, app, no_csp: tuple[str, ...] = ()):
+        self.app, self.no_csp = app, no_csp
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        self.without_csp = [(k, v) for k, v in self.headers if k != b"content-security-policy"]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        extra = self.without_csp if any(path == p or path.startswith(p + "/") for p in self.no_csp) else self.headers
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
 def sse(data, event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
@@ -131,7 +171,7 @@ def sse(data, event: str | None = None) -> str:
 
 def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safety=True, blocked_words=None,
                max_body_bytes: int = MAX_BODY_BYTES, model_name: str | None = None, device: str = "cpu",
-               tokenizer_path=None) -> FastAPI:
+               tokenizer_path=None, api_docs: bool = False) -> FastAPI:
     """The FastAPI app around one model, loaded now (once).
 
     model: None (the bundled model), a path (anything `load_model` accepts) or a `LoadedModel`.
@@ -140,6 +180,8 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
     False, or a `SafetyFilter`); blocked_words: a word-list file instead of the bundled one.
     model_name: the id shown by /v1/models (default: the card's name or the directory's);
     device and tokenizer_path: passed to `load_model` when `model` is not loaded yet.
+    api_docs: serve FastAPI's interactive /docs and /redoc, which load their scripts from a CDN
+    (off by default; /openapi.json is always there).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device, tokenizer_path=tokenizer_path)
     if isinstance(safety, SafetyFilter):
@@ -156,9 +198,11 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
         runner.shutdown()
 
     app = FastAPI(title="TinyTales", version="1.0",
-                  description="Tiny stories for children, from a small GPT trained on TinyStories.", lifespan=lifespan)
+                  description="Tiny stories for children, from a small GPT trained on TinyStories.", lifespan=lifespan,
+                  docs_url=DOCS_URL if api_docs else None, redoc_url=REDOC_URL if api_docs else None)
     app.state.runner, app.state.model_name, app.state.loaded = runner, name, loaded
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders, no_csp=(DOCS_URL, REDOC_URL) if api_docs else ())  # outermost: 413s too
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -248,7 +292,7 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
 
     # ------------------------------------------------------------------ the page
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 

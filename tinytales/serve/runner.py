@@ -4,7 +4,9 @@ A request reserves a place (`StoryRunner.submit`); when every worker is busy and
 is full it gets None and the app answers 503 with Retry-After, so memory never grows without
 bound. A worker runs the engine's `stream_events` generator and passes what may be shown to the
 request's asyncio queue. The request cancels its job when the client goes away; the worker sees
-that before the next token and closes the engine's generator, which stops generating.
+that before the next token and closes the engine's generator, which stops generating. The engine
+also asks the job (`should_stop`) before every step, so that beam search, which yields nothing
+until its story is chosen, stops too.
 """
 from __future__ import annotations
 
@@ -220,7 +222,7 @@ class StoryRunner:
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         started = time.perf_counter()
         gate = TextGate(self.safety, job.stop, context=job.prompt)
-        events = engine.stream_events(model, tokenizer, job.prompt, job.config)
+        events = engine.stream_events(model, tokenizer, job.prompt, job.config, should_stop=job.cancelled.is_set)
         summary, pieces, reason = None, 0, None
         try:
             for event in events:
@@ -239,6 +241,8 @@ class StoryRunner:
                     break
         finally:
             events.close()
+        if reason is None and summary is None and job.cancelled.is_set():  # the engine stopped (should_stop)
+            reason = "cancelled"
         if reason is None:
             rest = gate.flush()
             if rest:

@@ -1,7 +1,9 @@
 """Request bodies of the HTTP API, with a limit on every input.
 
 Pydantic checks types and ranges (a 422 naming the field and the allowed range); the generation
-engine's `GenerationConfig` then checks how the values combine (a 400 with its message).
+engine's `GenerationConfig` then checks how the values combine (a 400 with its message). Every text
+field is checked to be text that UTF-8 can carry (`valid_text`: JSON may spell a lone surrogate,
+"\\ud800", which no tokenizer can encode), the same way in both APIs.
 The limits are part of the OpenAPI schema, so clients and fuzzers see them too.
 """
 from __future__ import annotations
@@ -32,6 +34,28 @@ EXAMPLE_PROMPTS = [
     "The little boat wanted to see the sea.",
     "A tiny bunny found a big red ball.",
 ]
+
+TEXT_FIELDS_GENERATE = ("prompt", "words", "features")
+TEXT_FIELDS_COMPLETION = ("model", "prompt", "stop", "user", "suffix", "words", "features", "logit_bias")
+
+
+def valid_text(value, field: str):
+    """`value` unchanged when every string in it (a list's items, a dict's keys) is valid Unicode.
+
+    Raises ValueError naming the field for a lone surrogate ("\\ud800" in JSON decodes to one, and
+    it cannot be encoded); values of other types pass on to pydantic's own type check."""
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple, dict)) else []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            where = "" if isinstance(value, str) else f" (item {i})"
+            raise ValueError(f"{field}{where} is not valid text: it has a lone surrogate "
+                             f"{text[e.start]!r} at character {e.start}; send Unicode text (UTF-8)") from None
+    return value
+
 
 Word = Annotated[str, Field(max_length=MAX_WORD_CHARS)]
 Feature = Annotated[str, Field(max_length=32)]
@@ -77,6 +101,11 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same story (sampling).")
     stream: bool = Field(False, description="Answer with Server-Sent Events: `text` pieces, then `done`.")
 
+    @field_validator(*TEXT_FIELDS_GENERATE, mode="before")
+    @classmethod
+    def text_is_text(cls, value, info):
+        return valid_text(value, info.field_name)
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -118,6 +147,11 @@ class CompletionRequest(BaseModel):
     user: str | None = Field(None, max_length=200)
     words: list[Word] = WORDS_FIELD  # TinyTales extras, like top_k
     features: list[Feature] = FEATURES_FIELD
+
+    @field_validator(*TEXT_FIELDS_COMPLETION, mode="before")
+    @classmethod
+    def text_is_text(cls, value, info):
+        return valid_text(value, info.field_name)
 
     @field_validator("prompt")
     @classmethod
