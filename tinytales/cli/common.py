@@ -28,8 +28,32 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            fail(str(message))
+            fail(one_line(str(message)))
+        except OSError as e:  # permission denied, read-only folder, disk full: name the path and the cause
+            fail(one_line(os_error_message(e)))
     return wrapper
+
+
+def one_line(message: str) -> str:
+    return " ".join(message.split()) if "\n" in message else message
+
+
+def os_error_message(e: OSError) -> str:
+    """An OSError as one line naming the path: `cannot write runs/x/...: No space left on device (errno 28)`."""
+    import errno
+
+    reason = e.strerror or str(e) or type(e).__name__
+    path = e.filename if e.filename is not None else None
+    where = f" {path}" if path is not None else ""
+    if e.filename2 is not None:
+        where += f" -> {e.filename2}"
+    hints = {errno.ENOSPC: "free some disk space or choose another --out",
+             errno.EACCES: "check the folder's permissions or choose another path",
+             errno.EPERM: "check the folder's permissions or choose another path",
+             errno.EROFS: "the folder is read-only; choose a writable path",
+             errno.EDQUOT: "the disk quota is exceeded; free some space"}
+    hint = hints.get(e.errno)
+    return f"cannot access{where}: {reason}" + (f"; {hint}" if hint else "")
 
 
 def print_json(data) -> None:
