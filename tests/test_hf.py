@@ -434,3 +434,25 @@ def test_a_sharded_index_cannot_name_files_outside_the_model_folder(tmp_path, sh
     with pytest.raises(ValueError, match="outside the model folder") as info:
         read_hf_weights(directory)
     assert "\n" not in str(info.value)
+
+
+def test_cli_export_refuses_to_replace_an_unrelated_folder_without_force(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tinytales.cli import app
+
+    runner = CliRunner()
+    unrelated = tmp_path / "my-photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"precious")
+    result = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated)])
+    assert result.exit_code == 1 and "not a model directory" in result.stderr and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (unrelated / "holiday.jpg").read_bytes() == b"precious"
+    result = runner.invoke(app, ["import", str(tiny_model_dir), "--out", str(unrelated)])
+    assert result.exit_code == 1 and (unrelated / "holiday.jpg").exists()
+    assert runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")]).exit_code == 0
+    again = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")])  # a model dir
+    assert again.exit_code == 0, again.output
+    forced = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated), "--force"])
+    assert forced.exit_code == 0 and not (unrelated / "holiday.jpg").exists()

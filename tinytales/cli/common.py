@@ -27,6 +27,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
+            if isinstance(e, OSError) and e.strerror:  # raised by the system, not with a message of ours
+                fail(one_line(os_error_message(e)))
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             fail(one_line(str(message)))
         except OSError as e:  # permission denied, read-only folder, disk full: name the path and the cause
