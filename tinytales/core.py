@@ -23,15 +23,17 @@ IGNORE_INDEX = -100  # a target the loss does not score (padding, unscored posit
 
 # ----------------------------------------------------------------------------- atomic writes
 
-def write_json(path, data) -> None:
-    """Write JSON atomically: a temporary file, flushed to disk (fsync), renamed over the target."""
+def write_json(path, data, sync: bool = True) -> None:
+    """Write JSON atomically: a temporary file, flushed to disk (fsync; `sync=False` skips it for files
+    rewritten every few seconds), renamed over the target."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

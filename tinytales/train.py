@@ -352,8 +352,8 @@ def train(config: TrainConfig) -> TrainResult:
                       "elapsed": elapsed, "epoch": batches.epoch, "tokens": step * tokens_per_step}
             if step % config.log_every == 0 or finished or step == 1:
                 history["steps"].append(record)
-                if runtime.is_main:  # lets `tinytales plot` follow a running job
-                    write_json(run_dir / "history.json", history)
+                if runtime.is_main:  # lets `tinytales plot` follow a running job (no fsync: rewritten often)
+                    write_json(run_dir / "history.json", history, sync=False)
             epoch_acc.add(record)
             reporter.update(step, record, None if budget is None else int(step / max(elapsed / budget, 1e-9)))
 
