@@ -455,3 +455,16 @@ def test_make_batches_picks_the_loader(tmp_path, jsonl_file, stories, tiny_token
         make_batches(hub_folder, tiny_tokenizer, mode="padded")
     with pytest.raises(ValueError, match="mode must be"):
         make_batches(jsonl_file, tiny_tokenizer, mode="sorted")
+
+
+def test_prepared_shard_with_ids_beyond_the_vocabulary_is_refused(tmp_path, jsonl_file, tiny_tokenizer):
+    prepare(jsonl_file, tiny_tokenizer, tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "meta.json").read_text())
+    shard = tmp_path / "p" / meta["shards"][0]["file"]
+    tokens = np.memmap(shard, dtype=meta["dtype"], mode="r+")
+    tokens[7] = tiny_tokenizer.vocab_size + 1000
+    tokens.flush()
+    del tokens
+    with pytest.raises(ValueError, match=f"holds token id {tiny_tokenizer.vocab_size + 1000}, beyond") as info:
+        load_tokens(tmp_path / "p", tiny_tokenizer)
+    assert shard.name in str(info.value) and "\n" not in str(info.value)

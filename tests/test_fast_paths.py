@@ -294,3 +294,34 @@ def test_the_install_builds_the_c_step():
     # pip install compiles tinytales/_decode.c where a C compiler exists (CI has one); without it
     # TinyTales still works, through the PyTorch step
     assert decoding.available(), "tinytales/_decode.c was not built: reinstall with a C compiler (pip install -e .)"
+
+
+@needs_kernel
+@pytest.mark.parametrize("case, message", [
+    ("more_rows", "1 rows"),
+    ("other_model", "make it with model.new_cache"),
+    ("float64", "must be float32"),
+    ("not_contiguous", "contiguous"),
+    ("three_tokens", "ids must be (batch, 1)"),
+])
+def test_c_step_refuses_a_cache_that_does_not_fit_the_ids_or_the_model(case, message):
+    """A cache for 1 row given 256 rows of ids segfaulted in C; every mismatch is a ValueError before C runs."""
+    model = random_model({})
+    with torch.inference_mode():
+        cache = model.new_cache(1)
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        step = KernelStep(model)
+        idx = torch.tensor([[4]])
+        if case == "more_rows":
+            idx = torch.randint(0, 300, (256, 1))
+            message = f"{idx.size(0)} rows"
+        elif case == "other_model":
+            cache = GPT(GPTConfig(vocab_size=300, context_length=40, n_layer=1, n_head=4, n_embd=64)).new_cache(1)
+        elif case == "float64":
+            cache.keys, cache.values = cache.keys.double(), cache.values.double()
+        elif case == "not_contiguous":
+            cache.keys = cache.keys.transpose(3, 4).contiguous().transpose(3, 4)
+        else:
+            idx = torch.tensor([[4, 5, 6]])
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            step(idx, cache)

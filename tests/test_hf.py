@@ -461,3 +461,61 @@ def test_cli_errors_are_one_line_and_exit_1(tiny_tokenizer, tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_directory_with_its_own_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    """config.json with auto_map and an unknown model_type: a one-line ValueError, no [y/N] prompt, no code run."""
+    directory = tmp_path / "evil"
+    directory.mkdir()
+    marker = tmp_path / "ran.txt"
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "evil", "architectures": ["EvilForCausalLM"],
+        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilModel"}}))
+    (directory / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked whether to run the directory's code"))
+    with pytest.raises(ValueError) as info:
+        load_model(directory)
+    assert "never runs code" in str(info.value) and "\n" not in str(info.value)
+    # transformers itself, as TinyTales calls it, refuses too (no prompt, no code run)
+    from tinytales.formats import transformers_lm
+
+    monkeypatch.setattr(transformers_lm, "refuse_remote_code", lambda *a: None)
+    with pytest.raises(ValueError) as info:
+        transformers_lm.load_transformers(directory)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("shard", ["/etc/hostname", "../outside.safetensors", "sub/../../outside.safetensors"])
+def test_a_sharded_index_cannot_name_files_outside_the_model_folder(tmp_path, shard):
+    directory = tmp_path / "model"
+    directory.mkdir()
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": shard}}))
+    with pytest.raises(ValueError, match="outside the model folder") as info:
+        read_hf_weights(directory)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_export_refuses_to_replace_an_unrelated_folder_without_force(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tinytales.cli import app
+
+    runner = CliRunner()
+    unrelated = tmp_path / "my-photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"precious")
+    result = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated)])
+    assert result.exit_code == 1 and "not a model directory" in result.stderr and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (unrelated / "holiday.jpg").read_bytes() == b"precious"
+    result = runner.invoke(app, ["import", str(tiny_model_dir), "--out", str(unrelated)])
+    assert result.exit_code == 1 and (unrelated / "holiday.jpg").exists()
+    assert runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")]).exit_code == 0
+    again = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")])  # a model dir
+    assert again.exit_code == 0, again.output
+    forced = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated), "--force"])
+    assert forced.exit_code == 0 and not (unrelated / "holiday.jpg").exists()

@@ -313,3 +313,26 @@ def test_stories260k_tokenizer_matches_run_c_on_real_stories():
         assert ids == run_c_encode(tokenizer, text)
         assert tokenizer.decode([1] + ids) == "\n<s>\n" + text
     assert np.mean([len(t) / len(tokenizer.encode(t)) for t in texts]) > 1.5  # merges happen
+
+
+def test_header_sizes_must_account_for_the_file_before_anything_is_built(model_file, monkeypatch):
+    """A small file whose header claims a huge max_seq_len (v1: no table in the file) or huge sizes is refused
+    from the header and the file size, before a model or RoPE table is allocated."""
+    from tinytales.formats import llama2c
+
+    built = []
+    monkeypatch.setattr(llama2c, "GPT", lambda config: built.append(config) or GPT(config))
+    _, path = model_file(version=1)
+    data = bytearray(path.read_bytes())
+    data[32:36] = struct.pack("<i", (1 << 24) - 1)  # max_seq_len
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{path}.*context_length = 16,777,215 is above the limit"):
+        load_llama2c(path)
+    _, path = model_file(version=1)
+    data = bytearray(path.read_bytes())
+    data[8:12] = struct.pack("<i", 1 << 14)  # dim: the file would need gigabytes
+    data[12:16] = struct.pack("<i", 1 << 15)  # hidden_dim
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"truncated: the header's sizes need [\d,]+ bytes"):
+        load_llama2c(path)
+    assert built == []

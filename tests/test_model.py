@@ -116,3 +116,28 @@ def test_kv_cache_reorder_equals_index_select_for_any_beam_index():
         cache.reorder(index)
         assert torch.equal(cache.keys[:, :, :, :filled], expected[0]), index
         assert torch.equal(cache.values[:, :, :, :filled], expected[1]), index
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"mlp_hidden": -5}, "mlp_hidden must be a positive integer, got -5"),
+    ({"norm_eps": "x"}, "norm_eps must be a number, got 'x'"),
+    ({"n_layer": True}, "n_layer must be a positive integer, got True"),
+    ({"n_embd": 65536, "vocab_size": 1_000_000}, "n_embd = 65,536 is above the limit"),
+    ({"context_length": 2**31 - 1}, "context_length = 2,147,483,647 is above the limit"),
+    ({"position": "rope", "context_length": 65536, "n_embd": 4096, "n_head": 1}, "RoPE tables"),
+    ({"n_layer": 256, "n_embd": 8192, "n_head": 64}, "parameters, above the limit"),
+    ({"bias": "yes"}, "bias must be true or false"),
+])
+def test_config_refuses_bad_or_huge_sizes_on_one_line(settings, message):
+    with pytest.raises(ValueError) as info:
+        GPTConfig(**settings)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options", [{}, {"position": "rope", "activation": "swiglu", "n_kv_head": 1,
+                                          "tie_embeddings": False}])
+def test_estimated_params_match_the_model(options):
+    config = GPTConfig(vocab_size=50, context_length=16, n_layer=2, n_head=2, n_embd=16, bias=False, **options)
+    model = GPT(config)
+    matrices = sum(p.numel() for p in model.parameters() if p.dim() >= 2)  # norms and biases are small
+    assert config.estimated_params() == matrices

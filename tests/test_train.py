@@ -280,3 +280,128 @@ def test_new_runs_get_the_recipe_and_resumed_runs_keep_their_own_settings(tmp_pa
     assert again.model["n_embd"] == 32 and again.model["dropout"] == 0.1
     resumed = train(again)
     assert resumed.steps == 6 and losses(resumed.history)[:4] == losses(first.history)[:4]
+
+
+# ----------------------------------------------------------------------------- hardening
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, jsonl_file):
+    """--lr 1e30 trained to the end on NaN and saved NaN checkpoints and model: now it stops, naming the step."""
+    from tinytales.formats import load_model
+
+    config = tiny_config(tmp_path, jsonl_file, lr=1e30, warmup_steps=0, checkpoint_every=1, val_data=None)
+    with pytest.raises(ValueError, match=r"at step (\d+): training diverged; lower --lr") as info:
+        train(config)
+    assert "\n" not in str(info.value)
+    import re
+
+    step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+    saved = list_checkpoints(tmp_path / "run")
+    assert all(int(p.name.split("-")[1]) < step for p in saved)  # nothing written after the non-finite loss
+    assert not (tmp_path / "run" / "model").exists()
+    for checkpoint in saved:
+        load_model(checkpoint)  # finite weights (a NaN model refuses to load)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import make_stories
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "stories.jsonl"
+    data.write_text("".join(json.dumps({"text": s}) + "\n" for s in make_stories()), encoding="utf-8")
+    train(tiny_config(root, data, max_steps=8, val_data=None))
+    return root / "run", data
+
+
+def broken_copy(trained_run, tmp_path, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    newest = list_checkpoints(run)[-1]
+    target = newest / {"weights": "model.safetensors", "state": "state.json", "trainer": "trainer.pt"}[damage]
+    data = target.read_bytes()
+    target.write_bytes(b"" if damage == "state" else data[:len(data) // 2])
+    return run, target
+
+
+@pytest.mark.parametrize("damage", ["weights", "state", "trainer"])
+def test_resume_auto_falls_back_from_a_broken_newest_checkpoint(trained_run, tmp_path, damage):
+    from tinytales.checkpoint import resolve_resume
+
+    run, broken = broken_copy(trained_run, tmp_path, damage)
+    with pytest.warns(UserWarning, match=f"skipping 1 broken checkpoint.*{broken.name}.*step-00000004"):
+        assert resolve_resume("auto", run).name == "step-00000004"
+
+
+def test_resume_auto_after_a_broken_checkpoint_trains_on(trained_run, tmp_path):
+    run, _ = broken_copy(trained_run, tmp_path, "state")
+    with pytest.warns(UserWarning, match="skipping 1 broken checkpoint"):
+        result = train(tiny_config(tmp_path, trained_run[1], max_steps=10, val_data=None, resume="auto"))
+    assert result.steps == 10 and result.history["steps"][0]["step"] == 1
+
+
+def test_resume_auto_names_every_file_when_no_checkpoint_is_whole(trained_run, tmp_path):
+    from tinytales.checkpoint import resolve_resume
+
+    run, first = broken_copy(trained_run, tmp_path, "state")
+    second = list_checkpoints(run)[0] / "trainer.pt"
+    second.write_bytes(b"")
+    with pytest.raises(ValueError) as info:
+        resolve_resume("auto", run)
+    assert str(first) in str(info.value) and str(second) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_keep_last_must_be_positive_and_a_lost_history_is_warned_about(trained_run, tmp_path):
+    import shutil
+
+    from tinytales.checkpoint import resolve_resume
+
+    with pytest.raises(ValueError, match="keep_last must be an integer >= 1, got -5"):
+        TrainConfig(data="x", keep_last=-5)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.warns(UserWarning, match="trained 8 steps .* no checkpoint left.*starts again from step 0"):
+        assert resolve_resume("auto", run) is None
+
+
+def test_stale_temporary_folders_of_killed_runs_are_removed(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    stale = [run / "checkpoints" / f".step-00000012.tmp-{dead}", run / f".model.tmp-{dead}"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+    mine = run / "checkpoints" / f".step-00000099.tmp-{os.getpid()}"  # this process's: not stale
+    mine.mkdir()
+    train(tiny_config(tmp_path, trained_run[1], max_steps=9, val_data=None, resume="auto"))
+    assert not any(p.exists() for p in stale) and mine.exists()
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_leaves_no_temporary_folder(tmp_path, jsonl_file,
+                                                                                 monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from tinytales import checkpoint
+    from tinytales.cli import app
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--data", str(jsonl_file), "--out", str(out),
+                                      "--vocab-size", "300", "--max-steps", "3", "--checkpoint-every", "2",
+                                      "--precision", "fp32"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("step ")]  # progress lines
+    assert len(errors) == 1 and errors[0].startswith("error:"), result.stderr
+    assert "No space left on device" in errors[0] and "step-00000002" in errors[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -218,6 +218,12 @@ def load_tokens(source, tokenizer, text_field: str = "text", strict: bool = Fals
         check_tokenizer(meta, tokenizer, source)
         shards = [np.memmap(Path(source) / s["file"], dtype=meta["dtype"], mode="r", shape=(s["tokens"],))
                   for s in meta["shards"]]
+        for shard, info in zip(shards, meta["shards"]):  # one pass over the mapped file: ids the model can embed
+            top = int(shard.max()) if len(shard) else 0
+            if top >= tokenizer.vocab_size:
+                raise ValueError(f"{Path(source) / info['file']} holds token id {top}, beyond the tokenizer's "
+                                 f"vocabulary of {tokenizer.vocab_size}; the shard is corrupt: run `tinytales "
+                                 f"prepare` again")
         return shards[0] if len(shards) == 1 else ShardedTokens(shards)
     stats = DataStats()
     texts = iter_documents(source, split=split, text_field=text_field, strict=strict, stats=stats)

@@ -87,8 +87,14 @@ class TrainConfig:
         need(self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         need(self.max_steps is not None or self.epochs is not None or self.minutes is not None,
              "give epochs, max_steps or minutes")
-        for name in ("batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every", "eval_batches"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every", "eval_batches",
+                     "keep_last"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"{name} must be an integer >= 1, got {value!r}")
+        need(self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                      and self.threads >= 1),
+             f"threads must be >= 1 (CPU threads), got {self.threads!r}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], got {self.decay_fraction}")

@@ -23,12 +23,81 @@ IGNORE_INDEX = -100  # a target the loss does not score (padding, unscored posit
 
 # ----------------------------------------------------------------------------- atomic writes
 
-def write_json(path, data) -> None:
-    """Write JSON atomically: a temporary file renamed over the target."""
+def write_json(path, data, sync: bool = True) -> None:
+    """Write JSON atomically: a temporary file, flushed to disk (fsync; `sync=False` skips it for files
+    rewritten every few seconds), renamed over the target."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fsync_tree(directory) -> None:
+    """Flush every file of a directory, and the directory itself, to disk: after a power loss a renamed
+    directory then holds its whole files, never empty ones. One fsync per file (a checkpoint has five)."""
+    directory = Path(directory)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_directory(directory)
+
+
+def fsync_directory(directory) -> None:
+    """Flush a directory's entries (renames, new files); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the `.NAME.tmp-PID` / `.NAME.old-PID` folders that killed processes left in `folder`
+    (those of processes still running are kept). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        name = path.name
+        if not (name.startswith(".") and (".tmp-" in name or ".old-" in name)):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue  # not ours to judge, or still being written
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's)
+    return True
 
 
 def replace_directory(tmp: Path, target: Path) -> None:
@@ -38,6 +107,7 @@ def replace_directory(tmp: Path, target: Path) -> None:
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
+    fsync_directory(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -55,7 +125,12 @@ def atomic_directory(target) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        fsync_tree(tmp)  # the files are on disk before the rename makes them visible
         replace_directory(tmp, target)
+    except OSError as e:
+        if e.filename is None:  # e.g. disk full inside a library's write: say which directory failed
+            raise OSError(e.errno, e.strerror or str(e), str(target)) from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

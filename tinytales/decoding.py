@@ -100,7 +100,7 @@ class KernelWeights:
     """
 
     def __init__(self, model):
-        c = model.config
+        c = self.config = model.config
         self.keep: list[torch.Tensor] = []
 
         def ptr(tensor: torch.Tensor | None, packed: bool = False):
@@ -169,6 +169,7 @@ class KernelStep:
     def __call__(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
         lib, model = library(), self.weights.model
+        check_step_input(self.weights.config, idx, cache)  # the C code trusts every size it is given
         B, max_length = idx.size(0), cache.max_length
         if idx.dtype != torch.int64:
             idx = idx.long()  # the C step reads int64 ids
@@ -183,6 +184,28 @@ class KernelStep:
                              f" and position {cache.length} below the cache's {max_length} and the context")
         cache.length += 1
         return logits
+
+
+def check_step_input(config, idx: torch.Tensor, cache) -> None:
+    """ValueError unless idx is (B, 1) integer ids on the CPU and the cache is this model's float32 contiguous
+    (n_layer, B, n_kv_head, max_length, head_dim) keys and values: the C step reads memory by these sizes."""
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ValueError(f"the C decoding step cannot take this input: {message}")
+
+    need(isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(1) == 1 and idx.size(0) >= 1,
+         f"ids must be (batch, 1), got {tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    need(idx.device.type == "cpu" and idx.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8),
+         f"ids must be integers on the CPU, got {idx.dtype} on {idx.device}")
+    keys, values = getattr(cache, "keys", None), getattr(cache, "values", None)
+    need(isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor), "the cache has no keys and values")
+    shape = (config.n_layer, idx.size(0), config.n_kv_head, cache.max_length, config.head_dim)
+    need(tuple(keys.shape) == shape and tuple(values.shape) == shape,
+         f"the cache is {tuple(keys.shape)} but {idx.size(0)} rows of ids need (n_layer, batch, n_kv_head, "
+         f"max_length, head_dim) = {shape}; make it with model.new_cache({idx.size(0)})")
+    need(keys.dtype == values.dtype == torch.float32 and keys.device.type == values.device.type == "cpu"
+         and keys.is_contiguous() and values.is_contiguous(),
+         f"the cache must be float32, contiguous and on the CPU, got {keys.dtype} on {keys.device}")
 
 
 def usable(model, cache) -> bool:

@@ -57,6 +57,9 @@ def story_config(**overrides) -> "GenerationConfig":
     return GenerationConfig(**settings)
 
 
+MAX_NUM_SAMPLES = 256  # stories of one call: each is a row of one batch (its cache included)
+
+
 @dataclass
 class GenerationConfig:
     method: str = "sample"
@@ -100,7 +103,8 @@ class GenerationConfig:
         need(number("num_beams", True) >= 1, f"num_beams must be >= 1, got {self.num_beams}")
         number("length_penalty")
         need(number("max_new_tokens", True) >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        need(number("num_samples", True) >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        need(1 <= number("num_samples", True) <= MAX_NUM_SAMPLES,
+             f"num_samples must be in [1, {MAX_NUM_SAMPLES}] (one batch row each), got {self.num_samples}")
         need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
              f"seed must be an integer or None, got {self.seed!r}")
         try:

@@ -25,6 +25,14 @@ ACTIVATIONS = ("gelu", "swiglu", "relu2")
 POSITIONS = ("learned", "rope")
 
 
+# Bounds far above any TinyTales model (GPT-2 XL: 1600 wide, 48 layers, 50,257 tokens, 1,024 positions) that keep a
+# corrupt or hostile config from allocating tens of GB before its weights are even read.
+LIMITS = {"vocab_size": 1 << 20, "context_length": 1 << 16, "n_layer": 256, "n_head": 1024, "n_kv_head": 1024,
+          "n_embd": 16384, "mlp_hidden": 1 << 17}
+MAX_ROPE_FLOATS = 1 << 26  # context_length x head_dim: 256 MB of cos + sin tables in float32
+MAX_PARAMS = 1 << 31  # 2.1 billion parameters, 8 GB in float32
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 4096
@@ -49,9 +57,24 @@ class GPTConfig:
             if not ok:
                 raise ValueError(f"invalid model config: {message}")
 
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+        def integer(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)  # true is not 1 layer
+
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd", "n_kv_head", "mlp_hidden"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+            if value is None and name in ("n_kv_head", "mlp_hidden"):
+                continue
+            need(integer(value) and value >= 1, f"{name} must be a positive integer, got {value!r}")
+            need(value <= LIMITS[name], f"{name} = {value:,} is above the limit of {LIMITS[name]:,}; "
+                 f"the config is corrupt or not a TinyTales model")
+        for name in ("dropout", "norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 f"{name} must be a number, got {value!r}")
+        need(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
+        need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        for name in ("bias", "qk_norm", "tie_embeddings"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         need(self.n_embd % self.n_head == 0,
@@ -65,6 +88,22 @@ class GPTConfig:
         need(self.position != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head size")
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.activation != "swiglu" else _swiglu_hidden(self.n_embd)
+        if self.position == "rope":  # cos and sin tables: context_length x head_dim / 2 floats each
+            need(self.context_length * self.head_dim <= MAX_ROPE_FLOATS,
+                 f"context_length {self.context_length:,} x head size {self.head_dim} needs RoPE tables of "
+                 f"{self.context_length * self.head_dim:,} floats, above the limit of {MAX_ROPE_FLOATS:,}")
+        params = self.estimated_params()
+        need(params <= MAX_PARAMS, f"these sizes make {params:,} parameters, above the limit of {MAX_PARAMS:,} "
+             f"(~{4 * MAX_PARAMS / 2**30:.0f} GB in float32); the config is corrupt or far too large")
+
+    def estimated_params(self) -> int:
+        """The parameter count these sizes imply, computed without building the model."""
+        d, hs, kv = self.n_embd, self.head_dim, self.n_kv_head or self.n_head
+        attention = d * (d + 2 * kv * hs) + d * d
+        mlp = (3 if self.activation == "swiglu" else 2) * d * (self.mlp_hidden or 4 * d)
+        head = 0 if self.tie_embeddings else self.vocab_size * d
+        positions = self.context_length * d if self.position == "learned" else 0
+        return self.n_layer * (attention + mlp) + self.vocab_size * d + head + positions
 
     @property
     def head_dim(self) -> int:

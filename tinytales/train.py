@@ -24,7 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from .config import TrainConfig, learning_rate
 from .model import GPT, GPTConfig
-from .core import IGNORE_INDEX, resolve_device, write_json
+from .core import IGNORE_INDEX, remove_stale_temporaries, resolve_device, write_json
 from .formats import load_model, resolve_tokenizer, save_model
 from .optim import Muon, Optimizers
 from .allocator import tune_allocator
@@ -223,15 +223,21 @@ def train(config: TrainConfig) -> TrainResult:
     """Train (or resume, or fine-tune) a model; returns where the model and history went."""
     from .batches import make_batches
 
+    resolve_device(config.device)  # a device this machine lacks is the first thing said, before any work
     if not config.data:
         raise ValueError("no training data: pass --data (a file, folder, glob, prepared folder or hf:dataset)")
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; pass a directory for the run (it is created if missing)")
     if config.threads:
         torch.set_num_threads(config.threads)
     tune_allocator()
     runtime = setup_runtime(config)
-    run_dir = Path(config.out)
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / ckpt.CHECKPOINTS):  # what a killed run left half written
+            for stale in remove_stale_temporaries(folder):
+                print(f"removed {stale}, left by a run that was stopped while writing", file=sys.stderr)
     tokenizer = build_tokenizer(config, runtime)
     resume_from = ckpt.resolve_resume(config.resume, run_dir)
     if resume_from is not None:
@@ -326,6 +332,18 @@ def train(config: TrainConfig) -> TrainResult:
             step += 1
 
             last_loss = _mean_across_ranks(loss_sum, runtime).item()
+            # the same values on every process (all-reduced loss, all-reduced gradients): they all stop here.
+            # A non-finite gradient norm has already spoilt the weights (fp16's scaler skips such steps itself)
+            bad = (not math.isfinite(last_loss) and f"the loss became {last_loss}") or (
+                not scaler.is_enabled() and not math.isfinite(float(grad_norm))
+                and f"the gradient norm became {float(grad_norm)}")
+            if bad:
+                kept = ckpt.list_checkpoints(run_dir)
+                raise ValueError(
+                    f"{bad} at step {step}: training diverged; lower --lr (now {config.lr:g}) "
+                    f"or --grad-clip and start again"
+                    + (f" or --resume auto from the last good checkpoint, {kept[-1]}" if kept else "")
+                    + "; nothing was saved after the non-finite loss")
             elapsed = elapsed_before + time.perf_counter() - start_time
             # every process stops after the same step (rank 0's clock decides under a time budget)
             finished = step >= total_steps if budget is None else _all_agree(elapsed >= budget, runtime)
@@ -334,8 +352,8 @@ def train(config: TrainConfig) -> TrainResult:
                       "elapsed": elapsed, "epoch": batches.epoch, "tokens": step * tokens_per_step}
             if step % config.log_every == 0 or finished or step == 1:
                 history["steps"].append(record)
-                if runtime.is_main:  # lets `tinytales plot` follow a running job
-                    write_json(run_dir / "history.json", history)
+                if runtime.is_main:  # lets `tinytales plot` follow a running job (no fsync: rewritten often)
+                    write_json(run_dir / "history.json", history, sync=False)
             epoch_acc.add(record)
             reporter.update(step, record, None if budget is None else int(step / max(elapsed / budget, 1e-9)))
 

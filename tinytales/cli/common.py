@@ -27,14 +27,52 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
+            if isinstance(e, OSError) and e.strerror:  # raised by the system, not with a message of ours
+                fail(one_line(os_error_message(e)))
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            fail(str(message))
+            fail(one_line(str(message)))
+        except OSError as e:  # permission denied, read-only folder, disk full: name the path and the cause
+            fail(one_line(os_error_message(e)))
     return wrapper
 
 
+def one_line(message: str) -> str:
+    return " ".join(message.split()) if "\n" in message else message
+
+
+def os_error_message(e: OSError) -> str:
+    """An OSError as one line naming the path: `runs/x/checkpoints/step-00000500: No space left on device; ...`."""
+    import errno
+
+    reason = e.strerror or str(e) or type(e).__name__
+    where = "" if e.filename is None else f"{e.filename}: "
+    if e.filename is not None and e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}: "
+    hints = {errno.ENOSPC: "free some disk space or choose another --out",
+             errno.EACCES: "check the folder's permissions or choose another path",
+             errno.EPERM: "check the folder's permissions or choose another path",
+             errno.EROFS: "the folder is read-only; choose a writable path",
+             errno.EDQUOT: "the disk quota is exceeded; free some space"}
+    hint = hints.get(e.errno)
+    return f"{where}{reason}" + (f"; {hint}" if hint else "")
+
+
 def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """JSON on stdout; a NaN or infinite number is written as null (JSON has no NaN)."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(data):
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def load_for_cli(model: str | None, tokenizer: str | None, device: str = "auto"):

@@ -26,8 +26,9 @@ def _torch_dtype(name: str):
 def export(
     model: Optional[str] = typer.Argument(None, help="Model directory or llama2.c .bin (default: the bundled model)."),
     format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory)."),
-    out: Path = typer.Option(..., "--out", help="Directory to write (replaced if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (a model directory there is replaced)."),
     dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even when it is not a model directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Export a model for Hugging Face transformers (GPT-2 or Llama architecture, with its tokenizer).
@@ -45,6 +46,7 @@ def export(
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     torch_dtype = _torch_dtype(dtype)
+    check_replaceable(out, force)
     from ..formats import load_model
     from ..formats.hf import export_hf
     from ..formats.native import read_config
@@ -64,12 +66,24 @@ def export(
     console.print(f"upload it with the hub's CLI (after hf auth login): hf upload USER/NAME {out_dir}", highlight=False)
 
 
+def check_replaceable(out: Path, force: bool) -> None:
+    """--out is replaced whole: refuse a file, and a non-empty folder that is not a model directory (no
+    config.json), unless --force, so that a mistyped path never deletes an unrelated folder's contents."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory to write")
+    if out.is_dir() and not (out / "config.json").is_file() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out {out} is a non-empty folder that is not a model directory (no config.json); "
+                         f"it would be replaced whole: choose another --out, or pass --force to replace it")
+
+
 @app.command("import")
 @user_errors
 def import_(
     directory: Path = typer.Argument(..., help="A Hugging Face model directory (GPT-2 or Llama architecture)."),
-    out: Path = typer.Option(..., "--out", help="TinyTales model directory to write (replaced if it exists)."),
+    out: Path = typer.Option(..., "--out", help="TinyTales model directory to write (a model directory there is "
+                                                "replaced)."),
     dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even when it is not a model directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Import a Hugging Face GPT-2 or Llama model directory as a TinyTales model directory.
@@ -84,6 +98,7 @@ def import_(
 
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; pass a Hugging Face model directory")
+    check_replaceable(out, force)
     loaded = import_hf(directory, out_dir=out, dtype=_torch_dtype(dtype))
     summary = {"source": str(directory), "out": str(loaded.path), "model_type": loaded.card["hf_model_type"],
                "dtype": dtype, "parameters": loaded.model.num_params(), "config": loaded.model.config.to_dict()}

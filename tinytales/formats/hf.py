@@ -406,7 +406,7 @@ def read_hf_weights(directory) -> dict[str, torch.Tensor]:
     for name, load in [("model.safetensors", lambda p: load_file(str(p))),
                        ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True))]:
         index = directory / f"{name}.index.json"
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [name]
+        files = _shard_files(index, directory) if index.exists() else [name]
         if all((directory / f).exists() for f in files):
             state = {}
             for f in files:
@@ -416,6 +416,25 @@ def read_hf_weights(directory) -> dict[str, torch.Tensor]:
                     raise ValueError(f"{directory / f} is corrupt or truncated ({e}); re-download the model") from e
             return state
     raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin (nor their sharded index)")
+
+
+def _shard_files(index: Path, directory: Path) -> list[str]:
+    """The shard files a sharded index names, each a file inside the model folder (no absolute path, no ..)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a valid sharded index (no \"weight_map\" of tensor -> file); "
+                         f"re-download the model") from e
+    root = directory.resolve()
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{index} names a shard {name!r} that is not a file name; re-download the model")
+        resolved = (directory / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or not resolved.is_relative_to(root):
+            raise ValueError(f"{index} names the shard {name!r}, outside the model folder {directory}; "
+                             f"shards must be files inside the folder (re-download the model)")
+    return names
 
 
 def import_hf(directory, out_dir=None, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:

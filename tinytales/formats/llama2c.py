@@ -110,9 +110,37 @@ def _check_sizes(s: dict, version: int, path: Path) -> None:
         need(group > 0 and s["dim"] % group == 0, f"group_size {group} does not divide dim {s['dim']}")
 
 
+def expected_file_bytes(version: int, s: dict) -> int:
+    """The size of a file with this header: the header, then every tensor the sizes imply."""
+    L, dim, hidden, vocab = s["n_layers"], s["dim"], s["hidden_dim"], s["vocab_size"]
+    head = dim // s["n_heads"]
+    kv_dim = s["n_kv_heads"] * head
+    per_layer = 2 * dim * dim + 2 * kv_dim * dim + 3 * hidden * dim
+    norms = 2 * L * dim + dim
+    matrices = vocab * dim + L * per_layer + (0 if s["shared_classifier"] else vocab * dim)
+    if version == 0:  # + freq_cis (real and imag) of max_seq_len positions
+        return 28 + 4 * (norms + matrices + s["max_seq_len"] * head)
+    if version == 1:
+        return HEADER_BYTES + 4 * (norms + matrices)
+    return HEADER_BYTES + 4 * norms + matrices + 4 * (matrices // s["group_size"])  # int8 values + scales
+
+
+def _check_file_size(data: bytes, version: int, s: dict, path: Path) -> None:
+    """The header's sizes must account for the file's bytes exactly, before anything is allocated."""
+    expected = expected_file_bytes(version, s)
+    if len(data) < expected:
+        raise ValueError(f"{path} is truncated: the header's sizes need {expected:,} bytes but the file has "
+                         f"{len(data):,}; re-export or re-download the model")
+    if len(data) > expected:
+        raise ValueError(f"{path} has {len(data) - expected:,} bytes more than its header's sizes describe; "
+                         f"the file is not a llama2.c export of this format or is corrupt")
+
+
 def _read_weights(data: bytes, path: Path) -> tuple[int, dict, dict[str, torch.Tensor]]:
     """Every weight in llama2.c's names: norms (L, dim), matrices (L, out, in), tok_emb, wcls."""
     version, s, offset = _read_header(data, path)
+    _check_file_size(data, version, s, path)
+    _gpt_config(s, path)  # sizes the engine accepts, checked before any tensor is made
     L, dim, hidden, vocab = s["n_layers"], s["dim"], s["hidden_dim"], s["vocab_size"]
     kv_dim = s["n_kv_heads"] * (dim // s["n_heads"])
     shapes = {"wq": (dim, dim), "wk": (kv_dim, dim), "wv": (kv_dim, dim), "wo": (dim, dim),
@@ -147,13 +175,20 @@ def _read_weights(data: bytes, path: Path) -> tuple[int, dict, dict[str, torch.T
     return version, s, w
 
 
+def _gpt_config(s: dict, path: Path | None = None) -> GPTConfig:
+    try:
+        return GPTConfig(
+            vocab_size=s["vocab_size"], context_length=s["max_seq_len"], n_layer=s["n_layers"],
+            n_head=s["n_heads"], n_kv_head=s["n_kv_heads"], n_embd=s["dim"], mlp_hidden=s["hidden_dim"],
+            bias=False, norm="rmsnorm", norm_eps=1e-5, activation="swiglu", position="rope",
+            tie_embeddings=s["shared_classifier"],
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: the llama2.c header's sizes are refused: {e}") from e
+
+
 def _build_gpt(s: dict, w: dict[str, torch.Tensor]) -> GPT:
-    config = GPTConfig(
-        vocab_size=s["vocab_size"], context_length=s["max_seq_len"], n_layer=s["n_layers"],
-        n_head=s["n_heads"], n_kv_head=s["n_kv_heads"], n_embd=s["dim"], mlp_hidden=s["hidden_dim"],
-        bias=False, norm="rmsnorm", norm_eps=1e-5, activation="swiglu", position="rope",
-        tie_embeddings=s["shared_classifier"],
-    )
+    config = _gpt_config(s)
     state = {"tok_emb.weight": w["tok_emb"], "norm_f.weight": w["rms_final"]}
     for i in range(config.n_layer):
         prefix = f"blocks.{i}."

@@ -66,6 +66,32 @@ def read_config(directory) -> dict:
     return data
 
 
+def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The saved tensors' names and shapes a config implies, computed on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not (config.tie_embeddings and k == "lm_head.weight")}
+
+
+def read_weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a safetensors file, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{weights} is corrupt or truncated ({e}); re-save or re-download the model") from e
+
+
+def check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{weights} holds NaN or infinite weights (in {len(bad)} tensors, e.g. {bad[0]}); the "
+                         f"training that wrote it diverged: use an earlier checkpoint or train again with a lower --lr")
+
+
 def load_tinytales_dir(directory, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -74,6 +100,8 @@ def load_tinytales_dir(directory, device="cpu", dtype: torch.dtype = torch.float
     data = read_config(directory)
     if data.get("format") != MODEL_FORMAT or "model" not in data:
         raise ValueError(f"{directory / CONFIG_FILE} is not a TinyTales model config (no \"format\": \"tinytales\")")
+    if not isinstance(data["model"], dict):
+        raise ValueError(f"{directory / CONFIG_FILE}: \"model\" should hold the model's settings (a JSON object)")
     config = GPTConfig.from_dict(data["model"])
     tokenizer = load_tokenizer(directory)
     if tokenizer.vocab_size > config.vocab_size:
@@ -82,21 +110,35 @@ def load_tinytales_dir(directory, device="cpu", dtype: torch.dtype = torch.float
     weights = directory / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights} is missing")
+    # the shapes first, from the header: a config that does not match its weights allocates nothing
+    expected, found = expected_shapes(config), read_weight_shapes(weights)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
+    if missing or extra or wrong:
+        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}, wrong shape {wrong[:5]}; the files do not belong together")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights} is corrupt or truncated ({e}); re-save or re-download the model") from e
+    check_finite(state, weights)
     model = GPT(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()
-                if not (config.tie_embeddings and k == "lm_head.weight")}
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in expected.keys() & state.keys() if tuple(state[k].shape) != tuple(expected[k]))
-    if missing or extra or wrong:
-        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}, wrong shape {wrong[:5]}")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.to(device=device, dtype=dtype).eval()
-    card_path = directory / CARD_FILE
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
-    return LoadedModel(model, tokenizer, directory, card)
+    return LoadedModel(model, tokenizer, directory, read_card(directory))
+
+
+def read_card(directory) -> dict:
+    """card.json as a dict; a card that is not a JSON object is an error naming the file."""
+    path = Path(directory) / CARD_FILE
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it (the card is optional)") from e
+    if not isinstance(card, dict):
+        raise ValueError(f"{path} should hold a JSON object, got a {type(card).__name__}; fix or delete it "
+                         f"(the card is optional)")
+    return card

@@ -65,7 +65,9 @@ def load_hf_tokenizer(directory, hf: dict | None = None) -> BPETokenizer | HFTok
         except ImportError as e:
             raise FileNotFoundError(f"{directory} has no tokenizer.json; reading its tokenizer needs transformers "
                                     f"({INSTALL_HINT})") from e
-        auto = AutoTokenizer.from_pretrained(str(directory))
+        refuse_remote_code(directory, hf)
+        # never runs code from the model directory, and never asks whether to
+        auto = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
         backend = getattr(auto, "backend_tokenizer", None)
         if backend is None:
             raise ValueError(f"the tokenizer of {directory} ({type(auto).__name__}) has no fast (tokenizers) version")
@@ -178,6 +180,24 @@ class TransformersLM(nn.Module):
         return logits, loss
 
 
+def refuse_remote_code(directory, hf: dict | None = None) -> None:
+    """A model directory whose config.json asks for its own Python code (auto_map) with a model type
+    transformers does not know is refused: TinyTales never runs code that comes with a model."""
+    hf = hf if hf is not None else read_config(directory)
+    if not hf.get("auto_map"):
+        return
+    try:
+        from transformers import CONFIG_MAPPING
+
+        known = hf.get("model_type") in CONFIG_MAPPING
+    except ImportError:
+        known = False
+    if not known:
+        raise ValueError(f"{directory} needs its own Python code to load (config.json has auto_map and model_type "
+                         f"{hf.get('model_type')!r}, which transformers does not know); TinyTales never runs code "
+                         f"from a model directory: use a model of a standard architecture")
+
+
 def load_transformers(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Any causal LM directory transformers can load, wrapped as TransformersLM."""
     try:
@@ -188,12 +208,15 @@ def load_transformers(path, device="cpu", dtype: torch.dtype = torch.float32) ->
     from transformers.utils import logging as hf_logging
 
     path = Path(path)
+    refuse_remote_code(path)
     progress_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a tiny local model loads in no time; keep the CLI's output clean
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        # trust_remote_code=False: loading never runs code from the model directory (nor asks to)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"transformers cannot load {path} as a causal language model: {e}") from e
+        reason = " ".join(str(e).split())
+        raise ValueError(f"transformers cannot load {path} as a causal language model: {reason}") from e
     finally:
         if progress_bars:
             hf_logging.enable_progress_bar()
