@@ -144,7 +144,7 @@ def repeated_ngrams(ids, n, start):
     ("no_repeat_ngram_size", -2, ">= 0"),
     ("num_beams", 0, ">= 1"),
     ("max_new_tokens", 0, ">= 1"),
-    ("num_samples", 0, ">= 1"),
+    ("num_samples", 0, "in [1, 256]"),
     ("temperature", float("nan"), "a number"),
     ("top_k", 2.5, "an integer"),
 ])
