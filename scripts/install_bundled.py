@@ -1,7 +1,7 @@
 """Install a trained model as the bundled storyteller: 16-bit weights plus a model card with its scores and
 every stage of its training (the chain of `base_model_card`s that --init-from leaves in each run's card).
 
-Example: python scripts/install_bundled.py runs/ingredients/model
+Example: python scripts/install_bundled.py runs/control/model
 """
 import json
 import sys
@@ -15,7 +15,8 @@ VALID = "../shared/data/tinystories/valid.jsonl"
 STAGES = [  # oldest first: what each stage was, and where it ran
     ("v1, configs/bundled.yaml", "2 CPU cores (AVX-512 BF16), bf16 autocast"),
     ("v2, configs/story.yaml", "2 CPU cores (AMD EPYC, AVX2, no native bf16), float32"),
-    ("v3, configs/ingredients.yaml", "2 CPU cores (AMD EPYC, AVX2, no native bf16), float32"),
+    ("v3, configs/ingredients.yaml with --data data/ts4k-train-fragments (plain stories, no ingredients)",
+     "2 CPU cores (AMD EPYC, AVX2, no native bf16), float32"),
 ]
 
 
@@ -49,13 +50,16 @@ def main(run_model: str) -> None:
         "name": "tinytales-stories",
         "description": "A small Llama-style GPT (RoPE, RMSNorm, SwiGLU) trained on TinyStories for children's "
                        "stories: v3, v2 (the story recipe: Muon + AdamW, WSD, the stories plus TinyStories "
-                       "fragments) trained on with story ingredients (generate --words/--features).",
+                       "fragments) trained on for 1,200 more steps" + (" with story ingredients (generate "
+                       "--words/--features)" if share else " (the paired control of the ingredients run, "
+                       "docs/experiments.md round 4: the better storyteller of the two)") + ".",
         "parameters": loaded.card.get("parameters"),
         "parameters_without_embeddings": loaded.card.get("parameters_without_embeddings"),
         "data": "45,873 TinyStories training stories (CDLA-Sharing-1.0), cleaned, plus 18,106 partial "
-                "TinyStories V2 stories (no end-of-story token where a piece does not end its story); in the last "
-                f"stage {share:.0%} of the whole stories written after their ingredients (Words:/Features:/Story:, "
-                "tinytales/ingredients.py); 4,096-token byte-level BPE trained on the stories",
+                "TinyStories V2 stories (no end-of-story token where a piece does not end its story)" + (
+                    f"; in the last stage {share:.0%} of the whole stories written after their ingredients "
+                    "(Words:/Features:/Story:, tinytales/ingredients.py)" if share else "") +
+                "; 4,096-token byte-level BPE trained on the stories",
         "ingredients": share,
         "steps": sum(s["steps"] for s in stages),
         "tokens_seen": sum(s["tokens_seen"] for s in stages),
@@ -68,7 +72,7 @@ def main(run_model: str) -> None:
                        "tokens": scores.tokens, "bytes": scores.bytes},
         "weights": "float16 (trained in float32; v1 under bf16 autocast)",
         "reproduce": "see README, 'Reproducing the bundled model' (configs/bundled.yaml, configs/story.yaml, "
-                     "then configs/ingredients.yaml)",
+                     "then configs/ingredients.yaml" + ("" if share else " on plain stories") + ")",
         "training": loaded.card.get("training", {}),
     }
     save_model(loaded.model, loaded.tokenizer, bundled_model_path(), card=card, dtype=torch.float16)

@@ -12,7 +12,7 @@ from conftest import TINYSTORIES, needs_shared
 # Greedy decoding is deterministic: this pins the bundled model's exact output (regenerate it
 # deliberately, with the command in the README, whenever the bundled model changes).
 GOLDEN_PROMPT = "Once upon a time"
-GOLDEN_TEXT = ', there was a little girl named Lily. She loved to play with her toys and make them look nice. One day, she found a big box in her room. She was very happy and wanted to see what was inside.\nLily opened the box and found a big, soft teddy bear.'
+GOLDEN_TEXT = ', there was a little girl named Lily. She had a big, soft toy car that she loved to play with. One day, she saw a small, sad bug on the floor. The bug was sad because it could not find its home.\nLily wanted to help the bug. She thought'
 
 
 @pytest.fixture(scope="module")
