@@ -6,6 +6,7 @@ Loading never unpickles code: weights come from safetensors, everything else fro
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -66,12 +67,10 @@ def read_config(directory) -> dict:
     return data
 
 
-def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The saved tensors' names and shapes a config implies, computed on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = GPT(config)
+def saved_shapes(model: GPT) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the tensors a model directory holds for this model (a tied output matrix once)."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items()
-            if not (config.tie_embeddings and k == "lm_head.weight")}
+            if not (model.config.tie_embeddings and k == "lm_head.weight")}
 
 
 def read_weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -110,20 +109,27 @@ def load_tinytales_dir(directory, device="cpu", dtype: torch.dtype = torch.float
     weights = directory / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{weights} is missing")
-    # the shapes first, from the header: a config that does not match its weights allocates nothing
-    expected, found = expected_shapes(config), read_weight_shapes(weights)
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
-    if missing or extra or wrong:
-        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}, wrong shape {wrong[:5]}; the files do not belong together")
+    # the sizes first, from the header: a config that does not match its weights allocates nothing (the
+    # header's matrices against the count the config implies; building the model on the meta device instead
+    # costs 2 s of torch's start-up)
+    found = read_weight_shapes(weights)
+    matrices = sum(math.prod(shape) for shape in found.values() if len(shape) >= 2)
+    if matrices != config.estimated_params():
+        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: its matrices hold {matrices:,} "
+                         f"weights, the config implies {config.estimated_params():,}; the files do not belong together")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights} is corrupt or truncated ({e}); re-save or re-download the model") from e
     check_finite(state, weights)
     model = GPT(config)
+    expected = saved_shapes(model)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
+    if missing or extra or wrong:
+        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}, wrong shape {wrong[:5]}; the files do not belong together")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, tokenizer, directory, read_card(directory))
