@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from tinytales.cli import app
 from tinytales.formats import load_model
 
+from test_model import BAD_SIZES
+
 runner = CliRunner()
 
 
@@ -30,12 +32,7 @@ def edit_config(model_dir, **settings):
     path.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"mlp_hidden": -5}, "mlp_hidden must be a positive integer, got -5"),
-    ({"norm_eps": "x"}, "norm_eps must be a number, got 'x'"),
-    ({"n_layer": True}, "n_layer must be a positive integer, got True"),
-    ({"n_embd": 65536, "vocab_size": 1_000_000}, "n_embd = 65,536 is above the limit"),
-    ({"context_length": 2**31 - 1}, "context_length = 2,147,483,647 is above the limit"),
+@pytest.mark.parametrize("settings, message", BAD_SIZES + [
     ({"n_embd": 64}, "does not match"),  # within the limits, but not the weights' shapes
 ])
 def test_bad_model_configs_are_one_line(tiny_model_dir, settings, message):

@@ -118,12 +118,16 @@ def test_kv_cache_reorder_equals_index_select_for_any_beam_index():
         assert torch.equal(cache.values[:, :, :, :filled], expected[1]), index
 
 
-@pytest.mark.parametrize("settings, message", [
+BAD_SIZES = [  # (model settings, what the one-line error says); tests/test_hardening.py feeds them to the CLI too
     ({"mlp_hidden": -5}, "mlp_hidden must be a positive integer, got -5"),
     ({"norm_eps": "x"}, "norm_eps must be a number, got 'x'"),
     ({"n_layer": True}, "n_layer must be a positive integer, got True"),
     ({"n_embd": 65536, "vocab_size": 1_000_000}, "n_embd = 65,536 is above the limit"),
     ({"context_length": 2**31 - 1}, "context_length = 2,147,483,647 is above the limit"),
+]
+
+
+@pytest.mark.parametrize("settings, message", BAD_SIZES + [
     ({"position": "rope", "context_length": 65536, "n_embd": 4096, "n_head": 1}, "RoPE tables"),
     ({"n_layer": 256, "n_embd": 8192, "n_head": 64}, "parameters, above the limit"),
     ({"bias": "yes"}, "bias must be true or false"),
