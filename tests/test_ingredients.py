@@ -91,6 +91,14 @@ def test_add_ingredients_labels_a_share_of_stories_the_same_way_every_time(stori
     assert all(add_ingredients(s, 0.0) == s for s in stories)
 
 
+def test_another_ingredients_seed_labels_other_stories_with_other_words(stories):
+    first = [add_ingredients(s, 0.5) for s in stories]
+    second = [add_ingredients(s, 0.5, seed=1) for s in stories]
+    assert second == [add_ingredients(s, 0.5, seed=1) for s in stories]
+    assert sum(a != b for a, b in zip(first, second)) > len(stories) // 4
+    assert 0.35 * len(stories) < sum(t != s for t, s in zip(second, stories)) < 0.65 * len(stories)
+
+
 def test_prepare_prefixes_whole_stories_only(tmp_path, tiny_tokenizer, stories):
     from tinytales.batches import prepare, read_meta
 
@@ -99,6 +107,9 @@ def test_prepare_prefixes_whole_stories_only(tmp_path, tiny_tokenizer, stories):
     source.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     meta = prepare(source, tiny_tokenizer, tmp_path / "prepared", ingredients=1.0, progress=False)
     assert meta["ingredients"] == 1.0 and read_meta(tmp_path / "prepared")["ingredients"] == 1.0
+    assert "ingredients_seed" not in meta
+    again = prepare(source, tiny_tokenizer, tmp_path / "again", ingredients=1.0, ingredients_seed=3, progress=False)
+    assert again["ingredients_seed"] == 3
     tokens = np.fromfile(tmp_path / "prepared" / "tokens-00000.bin", dtype=meta["dtype"]).tolist()
     text = tiny_tokenizer.decode(tokens)
     assert text.count("Story:\n") == 20

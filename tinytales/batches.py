@@ -85,7 +85,8 @@ def _progress(enabled: bool, description: str):
 
 
 def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_field: str = "text",
-            strict: bool = False, split: str = "train", progress: bool | None = None, ingredients: float = 0.0) -> dict:
+            strict: bool = False, split: str = "train", progress: bool | None = None, ingredients: float = 0.0,
+            ingredients_seed: int = 0) -> dict:
     """Tokenize a source once into out_dir/tokens-00000.bin, ... plus meta.json; returns the meta.
 
     Stories are cleaned, encoded in chunks with `encode_batch` and concatenated, each followed by
@@ -95,7 +96,7 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
     The folder is written to a temporary name and renamed into place. `tokenizer` may be a spec
     ("gpt2", a tokenizer.json, a model folder). `ingredients` is the share of whole stories written after
     their ingredients ("Words: ...", "Features: ...", "Story:"; see tinytales.ingredients), for models that
-    take `generate --words/--features`.
+    take `generate --words/--features`; `ingredients_seed` draws another set of stories and words.
 
     Example: prepare("hf:roneneldan/TinyStories", "gpt2", "data/tinystories-gpt2")
     """
@@ -115,7 +116,8 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
     start = time.perf_counter()
     texts = iter_documents(source, split=split, text_field=text_field, strict=strict, stats=stats)
     if ingredients:
-        texts = (text if isinstance(text, UnfinishedStory) else add_ingredients(text, ingredients) for text in texts)
+        texts = (text if isinstance(text, UnfinishedStory) else add_ingredients(text, ingredients, ingredients_seed)
+                 for text in texts)
     with atomic_directory(out) as tmp, _progress(sys.stderr.isatty() if progress is None else progress,
                                                   "preparing") as update:
         handle = None
@@ -146,6 +148,7 @@ def prepare(source, tokenizer, out_dir, shard_tokens: int = 100_000_000, text_fi
             "format": TOKENS_FORMAT, "format_version": 1, "source": str(source), "split": split,
             "text_field": text_field, "dtype": dtype.name, "tokens": total, "documents": documents,
             "bytes": nbytes, "shards": shards, "ingredients": ingredients,
+            **({"ingredients_seed": ingredients_seed} if ingredients_seed else {}),
             "tokenizer": {"vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
                           "bos_id": getattr(tokenizer, "bos_id", None), "hash": tokenizer_hash(tokenizer)},
             "cleaning": stats.to_dict(), "seconds": round(seconds, 3),

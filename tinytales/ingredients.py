@@ -250,10 +250,13 @@ def story_ingredients(story: str, rng: random.Random) -> Ingredients:
     return Ingredients(tuple(words), tuple(features))
 
 
-def add_ingredients(story: str, share: float) -> str:
-    """The story with its ingredients before it, for `share` of stories (chosen by a hash of the text, so
-    the same story always gets the same prefix); other stories, and stories with nothing found, unchanged."""
-    seed = int.from_bytes(hashlib.blake2b(story.encode("utf-8"), digest_size=8).digest(), "little")
+def add_ingredients(story: str, share: float, seed: int = 0) -> str:
+    """The story with its ingredients before it, for `share` of stories (chosen by a hash of the text and
+    `seed`, so the same story always gets the same prefix for one seed, and another seed draws other stories
+    and other words: a second pass over the data then teaches following, not remembering); other stories,
+    and stories with nothing found, unchanged."""
+    key = story if not seed else f"{seed}\n{story}"
+    seed = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
     rng = random.Random(seed)
     if rng.random() >= share:
         return story

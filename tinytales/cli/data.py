@@ -22,6 +22,8 @@ def prepare(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed record instead of skipping it."),
     ingredients: float = typer.Option(0.0, help="Share of whole stories written after their ingredients "
                                                 "(Words:/Features:/Story:), for generate --words/--features."),
+    ingredients_seed: int = typer.Option(0, help="Draws other stories and other words for the ingredients "
+                                                 "(a second pass over the same stories)."),
     as_json: bool = typer.Option(False, "--json", help="Print meta.json's figures as JSON."),
 ):
     """Clean and tokenize stories once into memory-mapped token shards for training.
@@ -38,7 +40,7 @@ def prepare(
 
     meta = prepare_tokens(source, tokenizer, out, shard_tokens=shard_tokens, text_field=text_field, strict=strict,
                           split=split, progress=None if not as_json else False,
-                          ingredients=ingredients)
+                          ingredients=ingredients, ingredients_seed=ingredients_seed)
     if as_json:
         print_json({"out": out, **meta})
         return
