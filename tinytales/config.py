@@ -70,6 +70,10 @@ class TrainConfig:
                                          'float32).')
     progress: bool = setting(True, 'A progress bar (on a terminal).')
     plot: bool = setting(True, 'Write loss.png at the end.')
+    tensorboard: bool = setting(False, 'Also log the figures to TensorBoard event files in OUT/tensorboard '
+                                       '(needs the tensorboard package).')
+    wandb: str | None = setting(None, 'Also log the figures to this Weights & Biases project (needs the wandb '
+                                      'package; `wandb login` first, or WANDB_MODE=offline).')
 
     def __post_init__(self):
         def need(ok, message):
@@ -99,6 +103,8 @@ class TrainConfig:
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(0 < self.decay_fraction <= 1, f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         need(self.save_dtype in ("float16", "bfloat16", "float32"), f"save_dtype must be float16, bfloat16 or float32")
+        need(self.wandb is None or isinstance(self.wandb, str),
+             f"wandb takes a W&B project name, got {self.wandb!r}")
 
     @classmethod
     def from_sources(cls, preset: str | None = None, config_file: str | None = None, **overrides) -> "TrainConfig":

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import trackers as tracking
 from .config import TrainConfig, learning_rate
 from .model import GPT, GPTConfig
 from .core import IGNORE_INDEX, remove_stale_temporaries, resolve_device, write_json
@@ -224,6 +225,7 @@ def train(config: TrainConfig) -> TrainResult:
     from .batches import make_batches
 
     resolve_device(config.device)  # a device this machine lacks is the first thing said, before any work
+    tracking.require(config.tensorboard, config.wandb)  # so is a tracker's missing package
     if not config.data:
         raise ValueError("no training data: pass --data (a file, folder, glob, prepared folder or hf:dataset)")
     run_dir = Path(config.out)
@@ -287,11 +289,14 @@ def train(config: TrainConfig) -> TrainResult:
     card_base = {"training": {"data": config.data, "preset": config.preset, "init_from": config.init_from,
                               "ingredients": _ingredients_share(config.data),
                               "base_model_card": init_card or None}}
+    run_info = {"config": asdict(config), "model": model.config.to_dict(), "total_steps": total_steps,
+                "minutes": config.minutes, "optimizer": kind, "precision": precision, "world_size": runtime.world_size}
     if runtime.is_main:
-        write_json(run_dir / "run.json", {"config": asdict(config), "model": model.config.to_dict(),
-                                          "total_steps": total_steps, "minutes": config.minutes,
-                                          "optimizer": kind, "precision": precision,
-                                          "world_size": runtime.world_size})
+        write_json(run_dir / "run.json", run_info)
+    # before the clock starts: starting a W&B run takes a second, not to be taken from a --minutes budget
+    trackers = tracking.open_trackers(run_dir, tensorboard=config.tensorboard, wandb=config.wandb, config=run_info,
+                                      start_step=step, saved=saved_state.get("trackers") if saved_state else None,
+                                      main=runtime.is_main)
 
     reporter = _Reporter(config, total_steps or 0, step, enabled=config.progress, main=runtime.is_main)
     data_iter = iter(batches)
@@ -304,7 +309,7 @@ def train(config: TrainConfig) -> TrainResult:
         return None if budget is None else (elapsed_before + time.perf_counter() - start_time) / budget
 
     finished = step >= total_steps if budget is None else budget_used() >= 1
-    with reporter:
+    with reporter, trackers:
         while not finished:
             t0 = time.perf_counter()
             lr = learning_rate(step, total_steps, config, budget_used())
@@ -354,6 +359,7 @@ def train(config: TrainConfig) -> TrainResult:
                 history["steps"].append(record)
                 if runtime.is_main:  # lets `tinytales plot` follow a running job (no fsync: rewritten often)
                     write_json(run_dir / "history.json", history, sync=False)
+                trackers.log(step, tracking.train_metrics(record))
             epoch_acc.add(record)
             reporter.update(step, record, None if budget is None else int(step / max(elapsed / budget, 1e-9)))
 
@@ -361,6 +367,7 @@ def train(config: TrainConfig) -> TrainResult:
             if config.val_data and (step % config.eval_every == 0 or finished or epoch_ended):
                 val_loss = estimate_val_loss(model, config, tokenizer, seq_len, precision, runtime)
                 history["evals"].append({"step": step, "val_loss": val_loss, "elapsed": elapsed})
+                trackers.log(step, {tracking.VAL_LOSS: val_loss})
                 reporter.note(f"step {step}: val loss {val_loss:.4f}")
             if epoch_ended:
                 row = epoch_acc.close(val_loss, elapsed, batches.epoch)
@@ -368,7 +375,7 @@ def train(config: TrainConfig) -> TrainResult:
             if step % config.checkpoint_every == 0 or epoch_ended or finished:
                 if runtime.is_main:
                     _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base,
-                          epoch_acc)
+                          epoch_acc, trackers.state())
                     write_json(run_dir / "history.json", history)
                     reporter.note(f"step {step}: checkpoint written to {ckpt.checkpoint_dir(run_dir, step)}")
 
@@ -461,10 +468,11 @@ def estimate_val_loss(model, config: TrainConfig, tokenizer, seq_len: int, preci
     return _mean_across_ranks(total / max(count, 1), runtime).item()
 
 
-def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base, epoch_acc):
+def _save(run_dir, step, model, tokenizer, optimizer, scaler, batches, history, config, card_base, epoch_acc,
+          tracker_state):
     trainer_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
     state = {"step": step, "data": batches.state_dict(), "history": history, "world_size": batches.world_size,
-             "epoch_progress": epoch_acc.state_dict()}
+             "epoch_progress": epoch_acc.state_dict(), "trackers": tracker_state}
     card = {**card_base, "training": {**card_base["training"], "steps": step}}
     ckpt.save_checkpoint(run_dir, step, model, tokenizer, trainer_state, state, card, keep_last=config.keep_last)
 
