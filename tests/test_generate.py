@@ -371,22 +371,22 @@ def test_top_k_candidates_are_the_k_best_best_first():
 
 
 def test_sampling_with_top_k_and_top_p_draws_only_from_the_filtered_tokens_in_proportion():
-    from tinytales.generate import GenerationConfig, _pick_tokens
+    from tinytales.generate import GenerationConfig, pick_tokens
 
     probs = torch.tensor([0.02, 0.40, 0.03, 0.25, 0.20, 0.10])  # top-2: ids 1, 3; top-4: + 4, 5
     logits = probs.log().repeat(20_000, 1)
     generator = torch.Generator().manual_seed(0)
-    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0), generator)
+    drawn = pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0), generator)
     counts = torch.bincount(drawn, minlength=6) / len(drawn)
     torch.testing.assert_close(counts, torch.tensor([0, 0.40, 0, 0.25, 0, 0]) / 0.65, atol=0.015, rtol=0)
     # top-k 4 (renormalised: .42, .26, .21, .11), then top-p 0.8 keeps the first three (.42 + .26 < 0.8)
-    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=4, top_p=0.8), generator)
+    drawn = pick_tokens(logits, GenerationConfig(method="sample", top_k=4, top_p=0.8), generator)
     kept = probs[[1, 3, 4]] / probs[[1, 3, 4]].sum()
     counts = torch.bincount(drawn, minlength=6) / len(drawn)
     torch.testing.assert_close(counts[[1, 3, 4]], kept, atol=0.015, rtol=0)
     assert counts[[0, 2, 5]].sum() == 0
     # temperature 0.5 squares the probabilities; top-k 2 keeps ids 1 and 3: 0.16 : 0.0625
-    drawn = _pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0, temperature=0.5), generator)
+    drawn = pick_tokens(logits, GenerationConfig(method="sample", top_k=2, top_p=1.0, temperature=0.5), generator)
     counts = torch.bincount(drawn, minlength=6) / len(drawn)
     torch.testing.assert_close(counts[[1, 3]], torch.tensor([0.16, 0.0625]) / 0.2225, atol=0.015, rtol=0)
 

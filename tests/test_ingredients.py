@@ -134,12 +134,12 @@ def test_generation_reads_the_ingredients_before_the_prompt(tiny_model, tiny_tok
 
 def test_repetition_penalty_spares_the_words_asked_for(tiny_model, tiny_tokenizer):
     """The penalty looks at prompt + story, not at the ingredients: asking for a word must not push it away."""
-    from tinytales.generate import _Decoding
+    from tinytales.generate import DecodingState
 
     config = GenerationConfig(repetition_penalty=1.5, words=("cat",))
     head = story_head(tiny_tokenizer, config.ingredients)
     prompt_ids = head + tiny_tokenizer.encode("Tom")
-    decoding = _Decoding(tiny_model, tiny_tokenizer, prompt_ids, config, batch=1)
+    decoding = DecodingState(tiny_model, tiny_tokenizer, prompt_ids, config, batch=1)
     assert decoding.text_start == len(head)
     seen = set(decoding.seen[0].nonzero().flatten().tolist())
     assert seen == set(tiny_tokenizer.encode("Tom"))

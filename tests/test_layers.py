@@ -14,7 +14,7 @@ MAX_LINES = 500
 LAYERS = {
     "core": 0, "defaults": 0, "ingredients": 0, "presets": 0, "optim": 1, "plot": 0, "allocator": 0, "grade": 0, "trackers": 0,
     "tokenizer": 1, "kernels": 1, "config": 5, "model": 2, "decoding": 3,
-    "formats": 3, "stories": 2, "batches": 4, "checkpoint": 4, "evaluate": 5, "generate": 4, "train": 6,
+    "formats": 3, "stories": 2, "batches": 4, "checkpoint": 4, "evaluate": 5, "generate": 4, "batching": 5, "train": 6,
     "compare": 6, "serve": 7, "cli": 8,
 }
 

@@ -109,7 +109,7 @@ def test_server_stops_a_word_split_between_prompt_and_story(tiny_loaded, monkeyp
 
     monkeypatch.setattr(engine, "stream_events", stream_events)
     prompt = "The hunter wanted to ki"
-    with TestClient(create_app(tiny_loaded)) as c:
+    with TestClient(create_app(tiny_loaded, batching=False)) as c:
         story = c.post("/api/generate", json={"prompt": prompt}).json()
         assert story["text"] == "" and story["finish_reason"] == "content_filter"
         echoed = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 20, "echo": True}).json()

@@ -40,8 +40,10 @@ def client(tiny_loaded):
 
 @pytest.fixture(scope="module")
 def live(tiny_loaded):
-    """A real uvicorn server on a free port of 127.0.0.1, for the OpenAI client and real disconnects."""
-    with BackgroundServer(create_app(tiny_loaded, max_concurrent=2, max_queue=16)) as server:
+    """A real uvicorn server on a free port of 127.0.0.1, for the OpenAI client and real disconnects; one story
+    per worker thread, so that tests can script the engine (`stream_events`); tests/test_batching.py has the
+    continuous batch's."""
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=2, max_queue=16, batching=False)) as server:
         yield server
 
 
@@ -300,7 +302,7 @@ def test_eight_streaming_clients_at_once_all_complete(live, monkeypatch):
 
 def test_full_server_answers_503_with_retry_after(tiny_loaded, monkeypatch):
     progress = endless_engine(monkeypatch)
-    with BackgroundServer(create_app(tiny_loaded, max_concurrent=1, max_queue=0)) as server, \
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=1, max_queue=0, batching=False)) as server, \
             httpx.Client(base_url=server.url, timeout=10) as http:
         body = {"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}
         with http.stream("POST", "/api/generate", json=body) as first:
@@ -346,7 +348,7 @@ def test_disconnected_json_request_stops_generation(live, monkeypatch):
 def test_disconnected_beam_search_frees_its_worker_within_a_second(live, monkeypatch, stream):
     """Beam search yields only at the end; the runner's should_stop stops it between steps."""
     steps = []
-    real_logits = engine._Decoding.logits
+    real_logits = engine.DecodingState.logits
     eot = live.app.state.loaded.tokenizer.eot_id
 
     def slow_logits(self, length):  # 10 ms a step and no story ends: 1024 tokens would take over 10 s
@@ -356,7 +358,7 @@ def test_disconnected_beam_search_frees_its_worker_within_a_second(live, monkeyp
         logits[:, eot] = float("-inf")
         return logits
 
-    monkeypatch.setattr(engine._Decoding, "logits", slow_logits)
+    monkeypatch.setattr(engine.DecodingState, "logits", slow_logits)
     runner = live.app.state.runner
     history = runner.history
     before = len(history)
@@ -424,7 +426,7 @@ def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
         return events()
 
     monkeypatch.setattr(engine, "stream_events", stream_events)
-    with TestClient(create_app(tiny_loaded)) as c:
+    with TestClient(create_app(tiny_loaded, batching=False)) as c:
         story = c.post("/api/generate", json={"prompt": PROMPT}).json()
         assert story["text"] == "The cat met a " and story["finish_reason"] == "content_filter"
         assert story["message"] == STORY_STOPPED
@@ -549,7 +551,7 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, mo
     monkeypatch.setattr(engine, "stream_events", lambda model, tokenizer, prompt, config, should_stop=None: real(
         model, tokenizer, prompt, dataclasses.replace(config, max_new_tokens=min(config.max_new_tokens, 4)),
         should_stop))
-    app = create_app(tiny_loaded, max_concurrent=1, max_queue=64)
+    app = create_app(tiny_loaded, max_concurrent=1, max_queue=64, batching=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [schema[path]["POST"] for path in ("/api/generate", "/v1/completions")]
     cases = st.one_of([op.as_strategy(generation_mode=mode) for op in operations

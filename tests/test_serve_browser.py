@@ -33,7 +33,7 @@ def browser():
 
 @pytest.fixture
 def server(tiny_model_dir):
-    with BackgroundServer(create_app(tiny_model_dir)) as server:
+    with BackgroundServer(create_app(tiny_model_dir, batching=False)) as server:  # the tests script stream_events
         yield server
 
 

@@ -238,19 +238,25 @@ HOT static void activate(int activation, float *up, const float *gate, int o0, i
     }
 }
 
-/* One new token per row: tokens[b * token_stride] at position pos (= the cache's length) for every row b.
- * Writes the rows' keys and values at pos and their next-token logits. Returns 0, or -1 for bad arguments. */
-int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t B, int32_t pos, float *keys,
-            float *values, int32_t max_len, float *logits, float *work) {
-    if (B < 1 || pos < 0 || pos >= max_len || pos >= m->context_length) return -1;
-    for (int b = 0; b < B; b++)
+/* One new token per row b: tokens[b * token_stride] at position positions[b] of cache row slots[b] (rows of
+ * one story each, at their own lengths: continuous batching; plain decoding passes one position and rows
+ * 0..B-1). The cache holds cache_rows rows of max_len positions. Writes each row's key and value at its
+ * position and its next-token logits (row b of logits). Returns 0, or -1 for bad arguments. */
+int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t B, const int32_t *positions,
+            const int32_t *slots, int32_t cache_rows, float *keys, float *values, int32_t max_len, float *logits,
+            float *work) {
+    if (B < 1 || cache_rows < 1) return -1;
+    for (int b = 0; b < B; b++) {
         if (tokens[b * token_stride] < 0 || tokens[b * token_stride] >= m->vocab_size) return -1;
+        if (positions[b] < 0 || positions[b] >= max_len || positions[b] >= m->context_length) return -1;
+        if (slots[b] < 0 || slots[b] >= cache_rows) return -1;
+    }
     const int C = m->n_embd, H = m->mlp_hidden, hs = m->head_dim, nh = m->n_head, nkv = m->n_kv_head;
     const int64_t Q = qkv_dim(m), row = tt_work_floats_per_row(m, max_len);
     const int group = nh / nkv;  /* query heads per kv head */
     /* per row b: x, xn, qkv, att, up, gate, scores at work + b * row + these offsets */
     const int64_t X = 0, XN = C, QKV = 2 * C, ATT = 2 * C + Q, UP = 3 * C + Q, GATE = UP + H, SC = GATE + H;
-    const int64_t layer_stride = (int64_t)B * nkv * max_len * hs;
+    const int64_t layer_stride = (int64_t)cache_rows * nkv * max_len * hs;
 
 #pragma omp parallel
     {
@@ -258,7 +264,8 @@ int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t
         for (int b = 0; b < B; b++) {
             float *x = work + b * row + X;
             const float *e = m->tok_emb + tokens[b * token_stride] * C;
-            for (int i = 0; i < C; i++) x[i] = e[i] + (m->pos_emb ? m->pos_emb[(int64_t)pos * C + i] : 0.0f);
+            const int64_t pos = positions[b];
+            for (int i = 0; i < C; i++) x[i] = e[i] + (m->pos_emb ? m->pos_emb[pos * C + i] : 0.0f);
         }
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
@@ -271,6 +278,7 @@ int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t
             for (int bh = 0; bh < B * (nh + nkv); bh++) {
                 const int b = bh / (nh + nkv), h = bh % (nh + nkv);
                 float *v = work + b * row + QKV + (int64_t)h * hs;
+                const int64_t pos = positions[b];
                 if (m->qk_norm) {
                     float normed[hs];
                     if (h < nh) norm_row(m, v, L->q_norm_w, L->q_norm_b, normed, hs);
@@ -278,9 +286,9 @@ int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t
                     memcpy(v, normed, sizeof(float) * hs);
                 }
                 if (m->rope)
-                    rotate_pairs(v, m->rope_cos + (int64_t)pos * (hs / 2), m->rope_sin + (int64_t)pos * (hs / 2), hs / 2);
+                    rotate_pairs(v, m->rope_cos + pos * (hs / 2), m->rope_sin + pos * (hs / 2), hs / 2);
                 if (h >= nh) {
-                    const int64_t at = l * layer_stride + ((int64_t)b * nkv + (h - nh)) * max_len * hs + (int64_t)pos * hs;
+                    const int64_t at = l * layer_stride + ((int64_t)slots[b] * nkv + (h - nh)) * max_len * hs + pos * hs;
                     memcpy(keys + at, v, sizeof(float) * hs);
                     memcpy(values + at, v + (int64_t)nkv * hs, sizeof(float) * hs);
                 }
@@ -288,8 +296,8 @@ int tt_step(const Model *m, const int64_t *tokens, int64_t token_stride, int32_t
 #pragma omp for schedule(static)
             for (int bh = 0; bh < B * nh; bh++) {
                 const int b = bh / nh, h = bh % nh;
-                const int64_t at = l * layer_stride + ((int64_t)b * nkv + h / group) * max_len * hs;
-                attend(work + b * row + QKV + (int64_t)h * hs, keys + at, values + at, pos + 1, hs,
+                const int64_t at = l * layer_stride + ((int64_t)slots[b] * nkv + h / group) * max_len * hs;
+                attend(work + b * row + QKV + (int64_t)h * hs, keys + at, values + at, positions[b] + 1, hs,
                        work + b * row + SC + (int64_t)h * max_len, work + b * row + ATT + (int64_t)h * hs);
             }
             shared_product(L->proj_w, L->proj_b, work + ATT, row, work + X, row, B, C, C, 1);  /* x += proj(att) */

@@ -14,6 +14,7 @@ per state of the model's weights and kept beside the model (`_derived`), never i
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 import functools
 import importlib.util
 import weakref
@@ -63,8 +64,8 @@ def library() -> ctypes.CDLL | None:
                 return None
             lib.tt_step.restype = ctypes.c_int
             lib.tt_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32,
-                                    ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
-                                    ctypes.c_void_p, ctypes.c_void_p]
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
             lib.tt_work_floats_per_row.restype = ctypes.c_int64
             lib.tt_work_floats_per_row.argtypes = [ctypes.POINTER(_Model), ctypes.c_int32]
             _library = lib
@@ -165,30 +166,62 @@ class KernelStep:
     def __init__(self, model):
         self.weights = _derived(model, KernelWeights)
         self.work: torch.Tensor | None = None  # (B, floats per row), made at the first step
+        self._slots: torch.Tensor | None = None  # the cache rows of a plain step: 0..B-1
 
-    def __call__(self, idx: torch.Tensor, cache) -> torch.Tensor:
-        """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length."""
+    def __call__(self, idx: torch.Tensor, cache, rows: "CacheRows | None" = None) -> torch.Tensor:
+        """Logits (B, 1, V) of one new token per row idx (B, 1); writes the keys and values at cache.length
+        (then advances it), or with `rows` at each row's own position and cache row (continuous batching)."""
         lib, model = library(), self.weights.model
-        check_step_input(self.weights.config, idx, cache)  # the C code trusts every size it is given
+        check_step_input(self.weights.config, idx, cache, rows)  # the C code trusts every size it is given
         B, max_length = idx.size(0), cache.max_length
         if idx.dtype != torch.int64:
             idx = idx.long()  # the C step reads int64 ids
+        if rows is None:
+            positions, slots = self.plain_rows(B, cache.length)
+        else:
+            positions, slots = rows.positions, rows.slots
         if self.work is None or self.work.size(0) != B:
             self.work = torch.empty(B, lib.tt_work_floats_per_row(ctypes.byref(model), max_length))
         logits = torch.empty(B, 1, model.vocab_size, dtype=torch.float32)
-        status = lib.tt_step(ctypes.byref(model), idx.data_ptr(), idx.stride(0), B, cache.length,
-                             cache.keys.data_ptr(), cache.values.data_ptr(), max_length, logits.data_ptr(),
-                             self.work.data_ptr())
+        status = lib.tt_step(ctypes.byref(model), idx.data_ptr(), idx.stride(0), B, positions.data_ptr(),
+                             slots.data_ptr(), cache.keys.size(1), cache.keys.data_ptr(), cache.values.data_ptr(),
+                             max_length, logits.data_ptr(), self.work.data_ptr())
         if status != 0:
-            raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {model.vocab_size})"
-                             f" and position {cache.length} below the cache's {max_length} and the context")
-        cache.length += 1
+            raise ValueError(f"the C decoding step refused its input: token ids must be in [0, {model.vocab_size}),"
+                             f" position {int(positions.max())} below the cache's {max_length} and the context, cache rows "
+                             f"below {cache.keys.size(1)}")
+        if rows is None:
+            cache.length += 1
         return logits
 
+    def plain_rows(self, B: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row at one position, row b in cache row b."""
+        if self._slots is None or self._slots.size(0) != B:
+            self._slots = torch.arange(B, dtype=torch.int32)
+        return torch.full((B,), position, dtype=torch.int32), self._slots
 
-def check_step_input(config, idx: torch.Tensor, cache) -> None:
+
+@dataclass
+class CacheRows:
+    """Where each row of a batched step is: its position (B,) and its row of the KV cache (B,), int32.
+
+    Continuous batching keeps a story per cache row, each at its own length; the batch of one step is the
+    running stories in any order (`tinytales.batching`)."""
+
+    positions: torch.Tensor
+    slots: torch.Tensor
+
+    @classmethod
+    def of(cls, positions: list[int], slots: list[int]) -> "CacheRows":
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"each row of a step needs its own cache row, got {slots}")
+        return cls(torch.tensor(positions, dtype=torch.int32), torch.tensor(slots, dtype=torch.int32))
+
+
+def check_step_input(config, idx: torch.Tensor, cache, rows: CacheRows | None = None) -> None:
     """ValueError unless idx is (B, 1) integer ids on the CPU and the cache is this model's float32 contiguous
-    (n_layer, B, n_kv_head, max_length, head_dim) keys and values: the C step reads memory by these sizes."""
+    (n_layer, B, n_kv_head, max_length, head_dim) keys and values (with `rows`: any number of cache rows, and
+    one int32 position and cache row per row of idx): the C step reads memory by these sizes."""
     def need(ok: bool, message: str):
         if not ok:
             raise ValueError(f"the C decoding step cannot take this input: {message}")
@@ -199,13 +232,18 @@ def check_step_input(config, idx: torch.Tensor, cache) -> None:
          f"ids must be integers on the CPU, got {idx.dtype} on {idx.device}")
     keys, values = getattr(cache, "keys", None), getattr(cache, "values", None)
     need(isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor), "the cache has no keys and values")
-    shape = (config.n_layer, idx.size(0), config.n_kv_head, cache.max_length, config.head_dim)
+    cache_rows = idx.size(0) if rows is None else keys.size(1)
+    shape = (config.n_layer, cache_rows, config.n_kv_head, cache.max_length, config.head_dim)
     need(tuple(keys.shape) == shape and tuple(values.shape) == shape,
          f"the cache is {tuple(keys.shape)} but {idx.size(0)} rows of ids need (n_layer, batch, n_kv_head, "
          f"max_length, head_dim) = {shape}; make it with model.new_cache({idx.size(0)})")
     need(keys.dtype == values.dtype == torch.float32 and keys.device.type == values.device.type == "cpu"
          and keys.is_contiguous() and values.is_contiguous(),
          f"the cache must be float32, contiguous and on the CPU, got {keys.dtype} on {keys.device}")
+    if rows is not None:
+        need(all(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.shape == (idx.size(0),)
+                 and t.is_contiguous() for t in (rows.positions, rows.slots)),
+             "rows needs one int32 position and one cache row per row of ids (CacheRows.of)")
 
 
 def usable(model, cache) -> bool:
@@ -277,18 +315,34 @@ class TorchStep:
         self.model = model
         self.weights = _derived(model, TorchWeights)
 
-    def __call__(self, idx: torch.Tensor, cache) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, cache, rows: CacheRows | None = None) -> torch.Tensor:
+        """As KernelStep: one new token per row at cache.length, or with `rows` at each row's own place."""
         model, weights = self.model, self.weights
-        model.check_length(cache.length + 1)
-        x, rope = model.embed(idx, cache.length)
-        x = x.view(idx.size(0), -1)  # (B, C)
+        B = idx.size(0)
+        if rows is None:
+            model.check_length(cache.length + 1)
+            x, rope = model.embed(idx, cache.length)
+        else:
+            positions, slots = rows.positions.long(), rows.slots.long()
+            model.check_length(int(positions.max()) + 1)
+            x, rope = model.embed(idx, positions)
+            seen = int(positions.max()) + 1  # keys each row may see: up to its own position (the mask)
+            mask = (torch.arange(seen) <= positions[:, None])[:, None, None, :]  # (B, 1, 1, seen)
+        x = x.view(B, -1)  # (B, C)
         for norm1, qkv, attn, proj, norm2, up, gate, down, activation in weights.layers:
             q, k, v = attn.heads(qkv(norm1(x))[:, None, :], rope)  # (B, heads, 1, hs)
-            k, v = cache.store(attn.layer, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_head != attn.n_head)  # (B, nh, 1, hs)
-            x = x + proj(y.view(x.shape))
+            if rows is None:
+                k, v = cache.store(attn.layer, k, v)
+                y = F.scaled_dot_product_attention(q, k, v, enable_gqa=attn.n_kv_head != attn.n_head)
+            else:
+                cache.keys[attn.layer, slots, :, positions] = k[:, :, 0]
+                cache.values[attn.layer, slots, :, positions] = v[:, :, 0]
+                k, v = cache.keys[attn.layer, slots, :, :seen], cache.values[attn.layer, slots, :, :seen]
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.n_kv_head != attn.n_head)
+            x = x + proj(y.view(x.shape))  # y: (B, nh, 1, hs)
             x = x + down(activate(activation, norm2(x), up, gate))
-        cache.length += 1
+        if rows is None:
+            cache.length += 1
         return weights.lm_head(weights.norm_f(x))[:, None, :]
 
 

@@ -21,3 +21,8 @@ API_MAX_PROMPT_CHARS = 2_000
 API_MAX_NEW_TOKENS = 1024
 API_MAX_BEAMS = 8
 API_MAX_TOP_K = 1000
+
+# The server: stories told at once (rows of the continuous batch, or worker threads without it) and requests
+# that may wait for one; beyond both, 503 with Retry-After. bench serve measured 8 rows on 2 cores.
+SERVE_MAX_CONCURRENT = 8
+SERVE_MAX_QUEUE = 16

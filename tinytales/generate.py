@@ -323,10 +323,14 @@ class _Window:
             self.cache.reorder(index)
 
 
-class _Decoding:
-    """The state shared by sampling and beam search: token rows, the window, the seen-token mask."""
+class DecodingState:
+    """The state shared by sampling and beam search: token rows, the window, the seen-token mask.
 
-    def __init__(self, model, tokenizer, prompt_ids: list[int], config: GenerationConfig, batch: int):
+    Without `window` the rows are read elsewhere (continuous batching reads every story's next token in one
+    step, `tinytales.batching`) and only `adjust` is used on the logits it gets."""
+
+    def __init__(self, model, tokenizer, prompt_ids: list[int], config: GenerationConfig, batch: int,
+                 window: bool = True):
         self.config = config
         self.device = _device(model)
         self.vocab_size = model.config.vocab_size
@@ -336,7 +340,7 @@ class _Decoding:
         prompt = torch.tensor(prompt_ids, dtype=torch.long, device=self.device)
         self.rows = torch.empty(batch, total, dtype=torch.long, device=self.device)  # (B, P + N)
         self.rows[:, :self.prompt_length] = prompt
-        self.window = _Window(model, batch, total, config.use_cache)
+        self.window = _Window(model, batch, total, config.use_cache) if window else None
         # the repetition penalty and the n-gram ban look at the text: prompt + story after the story head
         # (the end-of-story token there is no reason to penalise the story's end, nor the words asked for
         # a reason to avoid them)
@@ -348,13 +352,30 @@ class _Decoding:
 
     def logits(self, length: int) -> torch.Tensor:
         """Next-token logits (B, V) with the vocabulary limit, the repetition penalty and the n-gram ban applied."""
-        logits = self.window.next_logits(self.rows, length)
-        if self.tokenizer_vocab < self.vocab_size:
-            logits[:, self.tokenizer_vocab:] = NEG_INF
-        if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen, self.config.repetition_penalty)
-        if self.config.no_repeat_ngram_size:
-            logits = ban_repeated_ngrams(logits, self.rows[:, self.text_start:length], self.config.no_repeat_ngram_size)
+        return self.adjust(self.window.next_logits(self.rows, length), length)
+
+    def adjust(self, logits: torch.Tensor, length: int) -> torch.Tensor:
+        """The model's logits (B, V) after the first `length` tokens of the rows, with the vocabulary limit, the
+        repetition penalty and the n-gram ban applied."""
+        return DecodingState.adjust_states([self], logits, [length])
+
+    @staticmethod
+    def adjust_states(states: list["DecodingState"], logits: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """`adjust` for the rows of several states at once (stories decoded together with the same settings):
+        logits has their rows one after the other, lengths one per state."""
+        first = states[0]
+        if first.tokenizer_vocab < first.vocab_size:
+            logits[:, first.tokenizer_vocab:] = NEG_INF
+        if first.seen is not None:
+            seen = first.seen if len(states) == 1 else torch.cat([state.seen for state in states])
+            logits = apply_repetition_penalty(logits, seen, first.config.repetition_penalty)
+        n = first.config.no_repeat_ngram_size
+        if n:
+            rows = [state.rows[:, state.text_start:length] for state, length in zip(states, lengths)]
+            if len(states) == 1:
+                logits = ban_repeated_ngrams(logits, rows[0], n)
+            else:  # the rows' lengths differ: one story at a time
+                logits = torch.cat([ban_repeated_ngrams(logits[i:i + 1], row, n) for i, row in enumerate(rows)])
         return logits
 
     def append(self, length: int, tokens: torch.Tensor) -> None:
@@ -369,8 +390,11 @@ class _Decoding:
             self.seen = self.seen.index_select(0, index)
 
 
-def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> torch.Tensor:
-    """The next token (B,) of each row: argmax, or a draw after top-k, temperature, top-p and min-p."""
+def pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> torch.Tensor:
+    """The next token (B,) of each row: argmax, or a draw after top-k, temperature, top-p and min-p.
+
+    `generator` draws for every row, or is a list of one generator per row (stories decoded together, each
+    with its own seed: a row's draw is the one it would get alone)."""
     if config.greedy:
         return logits.argmax(-1)
     # top-k first: a temperature > 0 keeps the order of the logits, so the k best are the same, and the
@@ -385,15 +409,32 @@ def _pick_tokens(logits: torch.Tensor, config: GenerationConfig, generator) -> t
     return picked if token_ids is None else token_ids.gather(1, picked[:, None]).squeeze(1)
 
 
-def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token (B,) per row of probs (B, V), by inverting the cumulative distribution.
+def sampling_generator(config: GenerationConfig, device) -> torch.Generator | None:
+    """The private random generator of one call's draws (seeded by config.seed, else at random); None for greedy."""
+    if config.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if config.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(config.seed)
+    return generator
+
+
+def sample_from(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One token (B,) per row of probs (B, V), by inverting the cumulative distribution (`generator`: one
+    torch.Generator, or a list of one per row, or None).
 
     Same distribution as torch.multinomial(probs, 1), several times faster on CPU (one cumsum and a
     binary search instead of a draw per token). Tokens of probability 0 are never drawn.
     """
     cdf = probs.cumsum(-1)  # (B, V)
     total = cdf[:, -1:]  # (B, 1): 1 up to rounding
-    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype) * total
+    if isinstance(generator, (list, tuple)):  # one generator per row
+        u = torch.cat([torch.rand((1, 1), generator=g, device=probs.device, dtype=probs.dtype) for g in generator])
+    else:
+        u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    u = u * total
     u = torch.minimum(u, total.nextafter(torch.zeros_like(total)))  # strictly below the last step
     return torch.searchsorted(cdf, u, right=True).squeeze(1)  # first token whose cdf exceeds u
 
@@ -408,18 +449,12 @@ def _token_steps(model, tokenizer, prompt_ids: list[int], config: GenerationConf
     batch = 1 if config.greedy else config.num_samples
     eot = tokenizer.eot_id
     with torch.inference_mode():
-        state = _Decoding(model, tokenizer, prompt_ids, config, batch)
+        state = DecodingState(model, tokenizer, prompt_ids, config, batch)
         done = torch.zeros(batch, dtype=torch.bool, device=state.device)
-        generator = None
-        if not config.greedy:
-            generator = torch.Generator(device=state.device)
-            if config.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(config.seed)
+        generator = sampling_generator(config, state.device)
     for length in range(state.prompt_length, state.rows.size(1)):
         with torch.inference_mode():
-            tokens = _pick_tokens(state.logits(length), config, generator)  # (B,)
+            tokens = pick_tokens(state.logits(length), config, generator)  # (B,)
             tokens = tokens.masked_fill(done, eot)
             state.append(length, tokens)
             done |= tokens == eot
@@ -440,7 +475,7 @@ def _beam_search(model, tokenizer, prompt_ids: list[int], config: GenerationConf
     could not stop it).
     """
     K, eot, lp = config.num_beams, tokenizer.eot_id, config.length_penalty
-    state = _Decoding(model, tokenizer, prompt_ids, config, K)
+    state = DecodingState(model, tokenizer, prompt_ids, config, K)
     P, total = state.prompt_length, state.rows.size(1)
     # all beams start as the same prompt: only the first may grow at the first step
     beam_scores = torch.full((K,), NEG_INF, device=state.device)  # (K,) summed log-probs

@@ -186,6 +186,14 @@ class KVCache:
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def row(self, index: int, length: int = 0) -> "KVCache":
+        """Row `index` as a cache of one row filled up to `length`, sharing this cache's memory (continuous
+        batching reads a story's prompt into its row with the plain forward)."""
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values = self.keys[:, index:index + 1], self.values[:, index:index + 1]
+        view.length, view.max_length = length, self.max_length
+        return view
+
     def reorder(self, batch_index: torch.Tensor) -> None:
         """Row b takes row batch_index[b]'s keys and values; only rows that change and filled positions are copied.
 
@@ -360,15 +368,21 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {length} tokens is longer than the model's context of {self.config.context_length}")
 
-    def embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token (+ position) embeddings of idx (B, T) at positions start.., and the RoPE rotation (T, hs/2)."""
+    def embed(self, idx: torch.Tensor, start: "int | torch.Tensor") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token (+ position) embeddings of idx (B, T) at positions start.., and the RoPE rotation (T, hs/2).
+
+        `start` may also be one position per row (B,) for one token per row (T = 1): the rotation is then
+        (B, 1, hs/2), one per row (decoding stories of different lengths together)."""
         T = idx.size(-1)
         x = F.embedding(idx, self.tok_emb.weight)  # (B, T, C)
+        at = slice(start, start + T) if isinstance(start, int) else start  # (T,) positions, or (B,) with T = 1
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start:start + T]
+            x = x + (self.pos_emb.weight[at] if isinstance(start, int) else self.pos_emb.weight[at][:, None])
         rope = None
         if self.config.position == "rope":
-            rope = torch.complex(self.rope_cos[start:start + T].float(), self.rope_sin[start:start + T].float())
+            rope = torch.complex(self.rope_cos[at].float(), self.rope_sin[at].float())
+            if not isinstance(start, int):
+                rope = rope[:, None, :]  # (B, 1, hs/2): apply_rope broadcasts it over the heads of each row
         return x, rope
 
     def forward(self, idx, targets=None, cache: KVCache | None = None, attention_mask=None, last_only=False):

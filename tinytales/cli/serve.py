@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..defaults import SERVE_MAX_CONCURRENT, SERVE_MAX_QUEUE
 from . import app
 from .common import console, load_for_cli, user_errors
 
@@ -21,8 +22,13 @@ def serve(
     tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_concurrent: int = typer.Option(2, help="Stories generated at the same time (worker threads)."),
-    max_queue: int = typer.Option(8, help="Requests that may wait for a worker; beyond that: 503, retry later."),
+    max_concurrent: int = typer.Option(SERVE_MAX_CONCURRENT, help="Stories told at the same time (rows of the "
+                                       "continuous batch; worker threads with --no-batching and for beam search)."),
+    max_queue: int = typer.Option(SERVE_MAX_QUEUE, help="Requests that may wait for a place; beyond that: 503, "
+                                                        "retry later."),
+    batching: bool = typer.Option(True, "--batching/--no-batching",
+                                  help="Decode all running stories together, one token each per step (continuous "
+                                       "batching); off: one story per worker thread."),
     safety: bool = typer.Option(True, "--safety/--no-safety",
                                 help="The children's word filter on prompts and stories."),
     blocked_words: Optional[Path] = typer.Option(None, help="Your own word list (one word or phrase a line)."),
@@ -56,7 +62,7 @@ def serve(
 
     loaded = load_for_cli(model, tokenizer, device)
     web = create_app(loaded, max_concurrent=max_concurrent, max_queue=max_queue, safety=safety,
-                     blocked_words=blocked_words, api_docs=api_docs)
+                     blocked_words=blocked_words, api_docs=api_docs, batching=batching)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"Telling stories with [bold]{web.state.model_name}[/] at http://{shown_host}:{port}  "
                   f"(API: {'/docs' if api_docs else '/openapi.json'}; safety filter {'on' if safety else 'OFF'}; "

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import generate as engine
+from ..defaults import SERVE_MAX_CONCURRENT, SERVE_MAX_QUEUE
 from ..ingredients import FEATURES, MAX_WORDS, trained_with_ingredients
 from ..core import LoadedModel
 from ..formats import load_model
@@ -169,14 +170,15 @@ def sse(data, event: str | None = None) -> str:
     return f"{head}data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safety=True, blocked_words=None,
-               max_body_bytes: int = MAX_BODY_BYTES, model_name: str | None = None, device: str = "cpu",
-               tokenizer_path=None, api_docs: bool = False) -> FastAPI:
+def create_app(model=None, *, max_concurrent: int = SERVE_MAX_CONCURRENT, max_queue: int = SERVE_MAX_QUEUE,
+               safety=True, blocked_words=None, max_body_bytes: int = MAX_BODY_BYTES, model_name: str | None = None,
+               device: str = "cpu", tokenizer_path=None, api_docs: bool = False, batching: bool = True) -> FastAPI:
     """The FastAPI app around one model, loaded now (once).
 
     model: None (the bundled model), a path (anything `load_model` accepts) or a `LoadedModel`.
-    max_concurrent: stories generated at once (worker threads); max_queue: requests that may wait
-    for a worker; beyond both, 503 with Retry-After. safety: the children's word filter (True,
+    max_concurrent: stories generated at once (rows of the continuous batch, or worker threads with
+    batching=False and for beam search; see serve.runner); max_queue: requests that may wait for one;
+    beyond both, 503 with Retry-After. safety: the children's word filter (True,
     False, or a `SafetyFilter`); blocked_words: a word-list file instead of the bundled one.
     model_name: the id shown by /v1/models (default: the card's name or the directory's);
     device and tokenizer_path: passed to `load_model` when `model` is not loaded yet.
@@ -189,7 +191,7 @@ def create_app(model=None, *, max_concurrent: int = 2, max_queue: int = 8, safet
     else:
         safety_filter = SafetyFilter.from_file(blocked_words) if safety else None
     name = model_name or loaded.card.get("name") or (Path(loaded.path).name if loaded.path else "tinytales")
-    runner = StoryRunner(loaded, safety_filter, max_concurrent=max_concurrent, max_queue=max_queue)
+    runner = StoryRunner(loaded, safety_filter, max_concurrent=max_concurrent, max_queue=max_queue, batching=batching)
     created = int(time.time())
 
     @asynccontextmanager
