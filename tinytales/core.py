@@ -2,7 +2,7 @@
 functions, so that the command line starts fast).
 
 - constants shared by data, training and the model: the end-of-story text, the ignored target id;
-- writes that a kill never leaves half done: `write_json`, `atomic_directory`;
+- writes that a kill never leaves half done: `atomic_file`, `write_json`, `atomic_directory`;
 - `resolve_device`: what "auto" means, for every command;
 - the interfaces the rest relies on: `Tokenizer`, `LanguageModel` (Protocols), and `LoadedModel`.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 EOT = "<|endoftext|>"  # the end-of-story text; tokenizers map it to their eot_id
 IGNORE_INDEX = -100  # a target the loss does not score (padding, unscored positions)
@@ -23,21 +23,31 @@ IGNORE_INDEX = -100  # a target the loss does not score (padding, unscored posit
 
 # ----------------------------------------------------------------------------- atomic writes
 
-def write_json(path, data, sync: bool = True) -> None:
-    """Write JSON atomically: a temporary file, flushed to disk (fsync; `sync=False` skips it for files
-    rewritten every few seconds), renamed over the target."""
+@contextmanager
+def atomic_file(path, sync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write, renamed over `path` when the block succeeds (flushed to disk first with fsync;
+    `sync=False` skips it for files rewritten every few seconds) and removed when it fails: readers see the old
+    file or the whole new one, never a half-written one.
+
+    Example: with atomic_file("out/model.bin") as f: f.write(data)
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        with open(tmp, "wb") as f:
+            yield f
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the block failed
+
+
+def write_json(path, data, sync: bool = True) -> None:
+    """Write JSON atomically (`atomic_file`)."""
+    with atomic_file(path, sync) as f:
+        f.write((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def fsync_tree(directory) -> None:

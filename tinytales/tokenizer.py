@@ -51,6 +51,23 @@ class BPETokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         return save_backend(self.backend, directory)
 
+    def token_bytes(self) -> list[bytes]:
+        """The raw bytes of every token, by id: a byte-level token's characters mapped back through GPT-2's
+        byte-to-unicode table ("Ġthe" -> b" the"), a special token as its UTF-8 text ("<|endoftext|>")."""
+        special = {i: t.content for i, t in self.backend.get_added_tokens_decoder().items()}
+        table = {char: byte for byte, char in _bytes_to_unicode().items()}
+        pieces = []
+        for i in range(self.vocab_size):
+            token = special.get(i) or self.backend.id_to_token(i)
+            if i in special:
+                pieces.append(token.encode("utf-8"))
+            elif token is not None and all(char in table for char in token):
+                pieces.append(bytes(table[char] for char in token))
+            else:
+                raise ValueError(f"token {i} ({token!r}) is not a byte-level BPE token; only byte-level BPE "
+                                 f"tokenizers (TinyTales' own, GPT-2's) have the raw bytes of every token")
+        return pieces
+
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
         from tokenizers import Tokenizer
@@ -59,6 +76,14 @@ class BPETokenizer:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises plain Exceptions with terse text
             raise ValueError(f"cannot read tokenizer file {path}: {e}; is it a Hugging Face tokenizer.json?") from e
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table: the character that stands for each byte in byte-level BPE tokens (printable bytes stand for
+    themselves, the others for the characters from U+0100 on, in byte order)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 def save_backend(backend, directory) -> Path:

@@ -1,4 +1,4 @@
-"""`tinytales export` and `tinytales import`: Hugging Face model directories."""
+"""`tinytales export` and `tinytales import`: Hugging Face model directories; `export --format llama2c` too."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from . import app
 from .common import console, print_json, user_errors
 
 DTYPES = ("float32", "float16", "bfloat16")
-FORMATS = ("hf",)
+FORMATS = ("hf", "llama2c")
 
 
 def _torch_dtype(name: str):
@@ -25,26 +25,40 @@ def _torch_dtype(name: str):
 @user_errors
 def export(
     model: Optional[str] = typer.Argument(None, help="Model directory or llama2.c .bin (default: the bundled model)."),
-    format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory)."),
-    out: Path = typer.Option(..., "--out", help="Directory to write (a model directory there is replaced)."),
-    dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
-    force: bool = typer.Option(False, "--force", help="Replace --out even when it is not a model directory."),
+    format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory) or llama2c "
+                                                       "(a .bin file for llama2.c's run.c, tokenizer.bin beside it)."),
+    out: Path = typer.Option(..., "--out", help="hf: the directory to write (a model directory there is replaced); "
+                                                "llama2c: the .bin file to write."),
+    dtype: str = typer.Option("float32", help="Weight precision (hf): float32, float16 or bfloat16."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="llama2c: q8_0 writes llama2.c's version 2 "
+                                                                    "(8-bit weights, for runq.c); default float32."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even when it is not a model directory "
+                                                      "(llama2c: replace existing files)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
-    """Export a model for Hugging Face transformers (GPT-2 or Llama architecture, with its tokenizer).
+    """Export a model for Hugging Face transformers (GPT-2 or Llama architecture, with its tokenizer), or for
+    llama2.c (Llama-style models: RoPE, RMSNorm, SwiGLU, no biases).
 
-    The folder is ready to upload to the Hugging Face Hub: a README.md model card (hub metadata, training
+    The hf folder is ready to upload to the Hugging Face Hub: a README.md model card (hub metadata, training
     data, parameters, bits per byte, how to use it) and a generation_config.json with the story defaults.
 
-    Example:
+    Examples:
 
       tinytales export runs/tiny/model --format hf --out exported/tiny
 
     then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...);
     to share it, the hub's own CLI: hf upload USER/NAME exported/tiny
+
+      tinytales export --format llama2c --out exported/stories.bin [--quantize q8_0]
+
+    then in llama2.c: ./run exported/stories.bin -z exported/tokenizer.bin -t 0 -n 256 -i ""
     """
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "llama2c":
+        return _export_llama2c(model, out, dtype, quantize, force, as_json)
+    if quantize is not None:
+        raise ValueError("--quantize applies to --format llama2c; for hf choose the precision with --dtype")
     torch_dtype = _torch_dtype(dtype)
     check_replaceable(out, force)
     from ..formats import load_model
@@ -64,6 +78,26 @@ def export(
     console.print(f'load it with: AutoModelForCausalLM.from_pretrained("{out_dir}") and '
                   f'AutoTokenizer.from_pretrained("{out_dir}")', highlight=False)
     console.print(f"upload it with the hub's CLI (after hf auth login): hf upload USER/NAME {out_dir}", highlight=False)
+
+
+def _export_llama2c(model: Optional[str], out: Path, dtype: str, quantize: Optional[str], force: bool,
+                    as_json: bool) -> None:
+    if dtype != "float32":
+        raise ValueError(f"--dtype {dtype} applies to --format hf; llama2c files are float32, or 8-bit with "
+                         f"--quantize q8_0")
+    from ..formats import load_model
+    from ..formats.llama2c_export import export_llama2c
+
+    loaded = load_model(model)
+    summary = {"source": str(loaded.path), **export_llama2c(loaded, out, quantize=quantize, overwrite=force)}
+    if as_json:
+        print_json(summary)
+        return
+    program = "runq" if quantize else "run"
+    console.print(f"exported {loaded.path} to [bold]{summary['model']}[/] ({summary['weights']}, "
+                  f"{summary['bytes']:,} bytes) and {summary['tokenizer']}")
+    console.print(f"run it in llama2.c: ./{program} {summary['model']} -z {summary['tokenizer']} -t 0 -n 256 -i \"\"",
+                  highlight=False)
 
 
 def check_replaceable(out: Path, force: bool) -> None:

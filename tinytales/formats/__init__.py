@@ -1,7 +1,7 @@
 """Model formats, and the one entry point that loads any of them.
 
 - `native`: the TinyTales model directory (config.json + model.safetensors + tokenizer.json + card.json);
-- `llama2c`: llama2.c's `.bin` models and `tokenizer.bin`;
+- `llama2c`: llama2.c's `.bin` models and `tokenizer.bin`; `llama2c_export` writes them (for run.c and runq.c);
 - `hf`: conversion to and from Hugging Face GPT-2 / Llama directories;
 - `transformers_lm`: any other transformers causal LM, run through an adapter;
 - `hub`: models by Hugging Face hub name (`hf:owner/name`), fetched into the hub's cache.

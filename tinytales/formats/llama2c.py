@@ -13,6 +13,9 @@ Formats (all little-endian), as written by llama2.c's `export.py`:
   float32 norms first and the matrices after.
 - version 2: like version 1 plus an int32 group_size in the header; norms are float32, the matrices
   Q8_0 (int8 values, then one float32 scale per group), dequantised here to float32.
+
+Writing these files (versions 0 and 2, for run.c and runq.c) is `formats/llama2c_export.py`, which shares the
+layout constants below; the two directions are two modules so that each reads in one sitting.
 """
 from __future__ import annotations
 
@@ -28,8 +31,18 @@ from ..core import LoadedModel
 from ..model import GPT, GPTConfig
 
 MAGIC = 0x616B3432  # "ak42"
+TOKENIZER_FILE = "tokenizer.bin"  # llama2.c's default name, beside the model
 HEADER_BYTES = 256  # versions 1 and 2
+HEADER_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
+HEADER_V0 = struct.Struct("<7i")  # the sizes; a negative vocab_size: the classifier is not shared
+HEADER_V2 = struct.Struct("<Ii7iBi")  # magic, version, the sizes, shared_classifier, group_size (version 2 only)
 MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+NORMS = ("rms_att", "rms_ffn", "rms_final")  # versions 1 and 2 put these first, in float32
+VERSION0_ORDER = ("tok_emb", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final")  # run.c's
+# llama2.c's per-layer weights as the parameters of the engine's block i (wq, wk and wv are the rows of attn.qkv);
+# llama2.c's w2(silu(w1 x) * w3 x) is the engine's proj(silu(gate x) * fc x)
+LAYER_PARAMS = {"rms_att": "norm1.weight", "wo": "attn.proj.weight", "rms_ffn": "norm2.weight",
+                "w1": "mlp.gate.weight", "w2": "mlp.proj.weight", "w3": "mlp.fc.weight"}
 
 
 class _Reader:
@@ -70,10 +83,9 @@ def _read_header(data: bytes, path: Path) -> tuple[int, dict, int]:
     """(version, sizes, offset of the first weight) from the file's header."""
     if len(data) < 28:
         raise ValueError(f"{path} is too short ({len(data)} bytes) to be a llama2.c model")
-    names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")
     (magic,) = struct.unpack_from("<I", data, 0)
     if magic != MAGIC:  # version 0 has no magic: the file starts with the sizes
-        sizes = dict(zip(names, struct.unpack_from("<7i", data, 0)))
+        sizes = dict(zip(HEADER_FIELDS, HEADER_V0.unpack_from(data)))
         sizes["shared_classifier"] = sizes["vocab_size"] > 0
         sizes["vocab_size"] = abs(sizes["vocab_size"])
         version, offset = 0, 28
@@ -84,10 +96,10 @@ def _read_header(data: bytes, path: Path) -> tuple[int, dict, int]:
         if version not in (1, 2):
             raise ValueError(f"{path} is llama2.c export version {version}; TinyTales reads versions 0, 1 "
                              f"and 2 (export with `python export.py --version 2 ...`)")
-        sizes = dict(zip(names, struct.unpack_from("<7i", data, 8)))
-        sizes["shared_classifier"] = bool(data[36])
+        _, _, *values, shared, group_size = HEADER_V2.unpack_from(data)  # version 1: group_size is padding
+        sizes = dict(zip(HEADER_FIELDS, values), shared_classifier=bool(shared))
         if version == 2:
-            (sizes["group_size"],) = struct.unpack_from("<i", data, 37)
+            sizes["group_size"] = group_size
         offset = HEADER_BYTES
     _check_sizes(sizes, version, path)
     return version, sizes, offset
@@ -99,7 +111,7 @@ def _check_sizes(s: dict, version: int, path: Path) -> None:
             hint = " (a version-0 file starts with dim; is this a llama2.c model at all?)" if version == 0 else ""
             raise ValueError(f"{path}: invalid llama2.c header: {what}{hint}")
 
-    for name in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
+    for name in HEADER_FIELDS:
         need(0 < s[name] < 1 << 24, f"{name} = {s[name]}")
     need(s["dim"] % s["n_heads"] == 0, f"dim {s['dim']} is not divisible by n_heads {s['n_heads']}")
     need(s["n_heads"] % s["n_kv_heads"] == 0, f"n_heads {s['n_heads']} is not a multiple of n_kv_heads {s['n_kv_heads']}")
@@ -141,38 +153,39 @@ def _read_weights(data: bytes, path: Path) -> tuple[int, dict, dict[str, torch.T
     version, s, offset = _read_header(data, path)
     _check_file_size(data, version, s, path)
     _gpt_config(s, path)  # sizes the engine accepts, checked before any tensor is made
-    L, dim, hidden, vocab = s["n_layers"], s["dim"], s["hidden_dim"], s["vocab_size"]
-    kv_dim = s["n_kv_heads"] * (dim // s["n_heads"])
-    shapes = {"wq": (dim, dim), "wk": (kv_dim, dim), "wv": (kv_dim, dim), "wo": (dim, dim),
-              "w1": (hidden, dim), "w2": (dim, hidden), "w3": (hidden, dim)}
+    shapes = tensor_shapes(s)
     read = _Reader(data, offset, path)
     w: dict[str, torch.Tensor] = {}
     if version == 0:  # run.c's memory_map_weights order
-        w["tok_emb"] = read.float32(vocab, dim)
-        w["rms_att"] = read.float32(L, dim)
-        for name in ("wq", "wk", "wv", "wo"):
-            w[name] = read.float32(L, *shapes[name])
-        w["rms_ffn"] = read.float32(L, dim)
-        for name in ("w1", "w2", "w3"):
-            w[name] = read.float32(L, *shapes[name])
-        w["rms_final"] = read.float32(dim)
-        read.skip_float32(2 * s["max_seq_len"] * (dim // s["n_heads"]) // 2)  # freq_cis real and imag
+        for name in VERSION0_ORDER:
+            w[name] = read.float32(*shapes[name])
+        read.skip_float32(s["max_seq_len"] * (s["dim"] // s["n_heads"]))  # freq_cis real and imag: (T, hs/2) each
         if not s["shared_classifier"]:
-            w["wcls"] = read.float32(vocab, dim)
+            w["wcls"] = read.float32(*shapes["wcls"])
     else:  # versions 1 and 2: norms (float32) first, then the matrices, one tensor per layer
-        w["rms_att"], w["rms_ffn"], w["rms_final"] = read.float32(L, dim), read.float32(L, dim), read.float32(dim)
+        for name in NORMS:
+            w[name] = read.float32(*shapes[name])
         if version == 1:
             matrix = read.float32
         else:
             def matrix(*shape):
                 return read.q80(shape, s["group_size"])
-        w["tok_emb"] = matrix(vocab, dim)
+        w["tok_emb"] = matrix(*shapes["tok_emb"])
         for name in MATRICES:
-            w[name] = torch.stack([matrix(*shapes[name]) for _ in range(L)])
+            w[name] = torch.stack([matrix(*shapes[name][1:]) for _ in range(s["n_layers"])])
         if not s["shared_classifier"]:
-            w["wcls"] = matrix(vocab, dim)
+            w["wcls"] = matrix(*shapes["wcls"])
     read.finish()
     return version, s, w
+
+
+def tensor_shapes(s: dict) -> dict[str, tuple[int, ...]]:
+    """The shape of every llama2.c tensor for a header's sizes; per-layer ones (layers, ...), matrices (out, in)."""
+    L, dim, hidden, vocab = s["n_layers"], s["dim"], s["hidden_dim"], s["vocab_size"]
+    kv_dim = s["n_kv_heads"] * (dim // s["n_heads"])
+    return {"tok_emb": (vocab, dim), "rms_att": (L, dim), "rms_ffn": (L, dim), "rms_final": (dim,),
+            "wq": (L, dim, dim), "wk": (L, kv_dim, dim), "wv": (L, kv_dim, dim), "wo": (L, dim, dim),
+            "w1": (L, hidden, dim), "w2": (L, dim, hidden), "w3": (L, hidden, dim), "wcls": (vocab, dim)}
 
 
 def _gpt_config(s: dict, path: Path | None = None) -> GPTConfig:
@@ -191,15 +204,9 @@ def _build_gpt(s: dict, w: dict[str, torch.Tensor]) -> GPT:
     config = _gpt_config(s)
     state = {"tok_emb.weight": w["tok_emb"], "norm_f.weight": w["rms_final"]}
     for i in range(config.n_layer):
-        prefix = f"blocks.{i}."
-        state[prefix + "norm1.weight"] = w["rms_att"][i]
-        state[prefix + "attn.qkv.weight"] = torch.cat([w["wq"][i], w["wk"][i], w["wv"][i]])  # rows q, k, v
-        state[prefix + "attn.proj.weight"] = w["wo"][i]
-        state[prefix + "norm2.weight"] = w["rms_ffn"][i]
-        # llama2.c's w2(silu(w1 x) * w3 x) is the engine's proj(silu(gate x) * fc x)
-        state[prefix + "mlp.gate.weight"] = w["w1"][i]
-        state[prefix + "mlp.fc.weight"] = w["w3"][i]
-        state[prefix + "mlp.proj.weight"] = w["w2"][i]
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat([w["wq"][i], w["wk"][i], w["wv"][i]])  # rows q, k, v
+        for name, param in LAYER_PARAMS.items():
+            state[f"blocks.{i}.{param}"] = w[name][i]
     if "wcls" in w:
         state["lm_head.weight"] = w["wcls"]
     model = GPT(config)
@@ -211,7 +218,7 @@ def _build_gpt(s: dict, w: dict[str, torch.Tensor]) -> GPT:
 
 def find_tokenizer(model_path: Path, vocab_size: int) -> Path:
     """The tokenizer beside a model: tokenizer.bin or tok{vocab_size}.bin (llama2.c's names)."""
-    candidates = [model_path.parent / "tokenizer.bin", model_path.parent / f"tok{vocab_size}.bin"]
+    candidates = [model_path.parent / TOKENIZER_FILE, model_path.parent / f"tok{vocab_size}.bin"]
     for candidate in candidates:
         if candidate.exists():
             return candidate
@@ -243,6 +250,8 @@ class Llama2cTokenizer:
     Ids 0, 1, 2 are <unk>, <s> (BOS) and </s>; ids 3..258 stand for the bytes 0x00..0xFF.
     llama2.c's TinyStories data puts BOS before every story and no EOS after it, and run.c ends a
     story when it samples BOS, so BOS is also the end-of-story token here: eot_id == bos_id == 1.
+    In TinyTales' own exports (`llama2c_export`) ids 0 and 2 are ordinary tokens, so `skip_special` skips
+    only the ones among 0, 1, 2 whose piece looks like a marker (`<unk>`, `\n<s>\n`, `<|endoftext|>`).
     """
 
     unk_id, bos_id, eos_id = 0, 1, 2
@@ -254,6 +263,8 @@ class Llama2cTokenizer:
         self.ids: dict[bytes, int] = {}
         for i, piece in enumerate(pieces):
             self.ids.setdefault(piece, i)
+        self.special_ids = {i for i in (self.unk_id, self.bos_id, self.eos_id)
+                            if i < len(pieces) and re.fullmatch(rb"\s*<[^<>\s]+>\s*", pieces[i])}
         self.byte_values: dict[int, int] = {}  # id of a <0xXX> token -> its byte
         for i, piece in enumerate(pieces):
             match = re.fullmatch(rb"<0x([0-9A-Fa-f]{2})>", piece)
@@ -343,7 +354,7 @@ class Llama2cTokenizer:
             prev = i
             if i in self.byte_values:
                 piece = bytes([self.byte_values[i]])
-            elif skip_special and i in (self.unk_id, self.bos_id, self.eos_id):
+            elif skip_special and i in self.special_ids:
                 continue
             out += piece
         return out.decode("utf-8", errors="replace")
