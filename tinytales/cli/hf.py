@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, print_json, user_errors
+from .common import console, model_option, print_json, user_errors
 
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = ("hf",)
@@ -24,7 +24,7 @@ def _torch_dtype(name: str):
 @app.command()
 @user_errors
 def export(
-    model: Optional[str] = typer.Argument(None, help="Model directory or llama2.c .bin (default: the bundled model)."),
+    model: str = model_option(),
     format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory)."),
     out: Path = typer.Option(..., "--out", help="Directory to write (a model directory there is replaced)."),
     dtype: str = typer.Option("float32", help="Weight precision: float32, float16 or bfloat16."),
@@ -38,7 +38,7 @@ def export(
 
     Example:
 
-      tinytales export runs/tiny/model --format hf --out exported/tiny
+      tinytales export -m runs/tiny/model --format hf --out exported/tiny
 
     then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...);
     to share it, the hub's own CLI: hf upload USER/NAME exported/tiny
