@@ -55,7 +55,7 @@ def test_default_settings_are_the_story_defaults(tiny_model_dir):
     expected = library_story(tiny_model_dir, max_new_tokens=15, seed=4, **story_settings)[0].text
     assert json.loads(result.stdout)["stories"][0]["text"] == expected
     help_text = " ".join(run("generate", "--help").stdout.replace("│", " ").split())  # unwrapped
-    assert "story default 0.8)" in help_text and "(story default 0.95)" in help_text and "Examples" in help_text
+    assert "(sample 0.8, " in help_text and "(sample 0.95, " in help_text and "Examples" in help_text
 
 
 def test_json_reports_each_story(tiny_model_dir):
@@ -112,7 +112,7 @@ def test_long_prompt_warns_on_one_line(tiny_model_dir):
     (["--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
     (["--num-samples", "0"], "num_samples must be in [1, 256]"),
     (["--num-samples", "100000"], "num_samples must be in [1, 256] (one batch row each), got 100000"),
-    (["--method", "nucleus"], "method must be one of greedy, beam, sample"),
+    (["--method", "nucleus"], "unknown decoding method 'nucleus'; choose from sample, greedy, beam"),
     (["--method", "beam", "--num-beams", "2", "--num-samples", "3"], "num_samples (3) must be <= num_beams (2)"),
     (["--method", "greedy", "--num-samples", "2"], "greedy decoding tells one story"),
     (["--device", "tpu9"], "unknown device"),
@@ -176,12 +176,12 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_info_shows_architecture_parameters_tokenizer_and_card(tiny_model_dir, tiny_model, tiny_tokenizer):
-    result = run("info", tiny_model_dir)
+    result = run("info", "-m", tiny_model_dir)
     assert result.exit_code == 0, result.output
     for text in ("n_layer", "context_length", f"{tiny_model.num_params():,}",
                  f"{tiny_model.num_params(embeddings=False):,}", "random weights"):
         assert text in result.stdout
-    data = json.loads(run("info", tiny_model_dir, "--json").stdout)
+    data = json.loads(run("info", "--model", tiny_model_dir, "--json").stdout)
     assert data["architecture"]["n_embd"] == 32
     assert data["parameters"] == tiny_model.num_params()
     assert data["parameters_without_embeddings"] == tiny_model.num_params(embeddings=False)
@@ -189,7 +189,7 @@ def test_info_shows_architecture_parameters_tokenizer_and_card(tiny_model_dir, t
                                  "bos_id": None}
     assert data["card"] == {"note": "random weights"}
     assert data["decoding"].startswith("C step") == decoding.available()  # or why the PyTorch step decodes
-    missing = run("info", tiny_model_dir / "nowhere")
+    missing = run("info", "-m", tiny_model_dir / "nowhere")
     assert missing.exit_code == 1 and "model not found" in missing.stderr
 
 

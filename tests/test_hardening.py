@@ -37,7 +37,7 @@ def edit_config(model_dir, **settings):
 ])
 def test_bad_model_configs_are_one_line(tiny_model_dir, settings, message):
     edit_config(tiny_model_dir, **settings)
-    assert message in one_line_error(["info", tiny_model_dir])
+    assert message in one_line_error(["info", "-m", tiny_model_dir])
 
 
 def test_config_that_does_not_match_its_weights_allocates_no_model(tiny_model_dir, monkeypatch):
@@ -60,13 +60,13 @@ def test_weights_with_nan_are_refused(tiny_model_dir):
     state = load_file(str(path))
     state["norm_f.weight"][3] = float("nan")
     save_file(state, str(path), metadata={"format": "tinytales"})
-    assert "NaN or infinite weights" in one_line_error(["info", tiny_model_dir])
+    assert "NaN or infinite weights" in one_line_error(["info", "-m", tiny_model_dir])
 
 
 @pytest.mark.parametrize("card", ["[1, 2]", "\"text\"", "{not json"])
 def test_a_card_that_is_not_an_object_is_one_line(tiny_model_dir, card):
     (tiny_model_dir / "card.json").write_text(card)
-    assert "card.json" in one_line_error(["info", tiny_model_dir])
+    assert "card.json" in one_line_error(["info", "-m", tiny_model_dir])
 
 
 def train_args(tmp_path, jsonl_file, *extra):

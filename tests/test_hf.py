@@ -429,7 +429,7 @@ def test_cli_export_then_import_round_trips(tiny_model_dir, tmp_path):
     from tinytales.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["export", str(tiny_model_dir), "--format", "hf", "--out", str(tmp_path / "hf"),
+    result = runner.invoke(app, ["export", "-m", str(tiny_model_dir), "--format", "hf", "--out", str(tmp_path / "hf"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -452,9 +452,9 @@ def test_cli_errors_are_one_line_and_exit_1(tiny_tokenizer, tmp_path):
     save_model(random_model(320, norm="rmsnorm"), tiny_tokenizer, tmp_path / "rms")
     runner = CliRunner()
     cases = [
-        (["export", str(tmp_path / "rms"), "--out", str(tmp_path / "hf")], "norm='rmsnorm'"),
-        (["export", str(tmp_path / "rms"), "--format", "onnx", "--out", str(tmp_path / "hf")], "--format"),
-        (["export", str(tmp_path / "rms"), "--dtype", "int8", "--out", str(tmp_path / "hf")], "--dtype"),
+        (["export", "-m", str(tmp_path / "rms"), "--out", str(tmp_path / "hf")], "norm='rmsnorm'"),
+        (["export", "-m", str(tmp_path / "rms"), "--format", "onnx", "--out", str(tmp_path / "hf")], "--format"),
+        (["export", "-m", str(tmp_path / "rms"), "--dtype", "int8", "--out", str(tmp_path / "hf")], "--dtype"),
         (["import", str(tmp_path / "missing"), "--out", str(tmp_path / "x")], "not a directory"),
     ]
     for args, message in cases:
@@ -508,14 +508,14 @@ def test_cli_export_refuses_to_replace_an_unrelated_folder_without_force(tiny_mo
     unrelated = tmp_path / "my-photos"
     unrelated.mkdir()
     (unrelated / "holiday.jpg").write_bytes(b"precious")
-    result = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated)])
+    result = runner.invoke(app, ["export", "-m", str(tiny_model_dir), "--out", str(unrelated)])
     assert result.exit_code == 1 and "not a model directory" in result.stderr and "--force" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert (unrelated / "holiday.jpg").read_bytes() == b"precious"
     result = runner.invoke(app, ["import", str(tiny_model_dir), "--out", str(unrelated)])
     assert result.exit_code == 1 and (unrelated / "holiday.jpg").exists()
-    assert runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")]).exit_code == 0
-    again = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(tmp_path / "hf")])  # a model dir
+    assert runner.invoke(app, ["export", "-m", str(tiny_model_dir), "--out", str(tmp_path / "hf")]).exit_code == 0
+    again = runner.invoke(app, ["export", "-m", str(tiny_model_dir), "--out", str(tmp_path / "hf")])  # a model dir
     assert again.exit_code == 0, again.output
-    forced = runner.invoke(app, ["export", str(tiny_model_dir), "--out", str(unrelated), "--force"])
+    forced = runner.invoke(app, ["export", "-m", str(tiny_model_dir), "--out", str(unrelated), "--force"])
     assert forced.exit_code == 0 and not (unrelated / "holiday.jpg").exists()

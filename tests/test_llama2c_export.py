@@ -303,7 +303,7 @@ def test_cli_exports_for_llama2c_and_refuses_options_of_the_other_format(tiny_to
     save_model(random_llama(), tiny_tokenizer, tmp_path / "llama")
     runner = CliRunner()
     out = tmp_path / "exported" / "tiny.bin"
-    args = ["export", str(tmp_path / "llama"), "--format", "llama2c", "--out", str(out)]
+    args = ["export", "-m", str(tmp_path / "llama"), "--format", "llama2c", "--out", str(out)]
     result = runner.invoke(app, [*args, "--quantize", "q8_0", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -316,5 +316,5 @@ def test_cli_exports_for_llama2c_and_refuses_options_of_the_other_format(tiny_to
                            (["--quantize", "q4"], "--quantize must be q8_0")]:
         result = runner.invoke(app, [*args, "--force", *extra])
         assert result.exit_code == 1 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    result = runner.invoke(app, ["export", str(tmp_path / "llama"), "--quantize", "q8_0", "--out", str(tmp_path / "h")])
+    result = runner.invoke(app, ["export", "-m", str(tmp_path / "llama"), "--quantize", "q8_0", "--out", str(tmp_path / "h")])
     assert result.exit_code == 1 and "--quantize applies to --format llama2c" in result.stderr

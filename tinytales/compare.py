@@ -17,20 +17,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .defaults import BEAM_NO_REPEAT_NGRAM
+from .defaults import DECODING_METHODS, method_settings
 
 VOCAB_PATH = Path(__file__).parent / "resources" / "children_vocab.txt"
 
-# The decoding methods a table compares by name (the README's table uses these).
-METHODS: dict[str, dict] = {
-    "greedy": {"method": "greedy"},
-    "beam": {"method": "beam", "num_beams": 4, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM},
-    "sample": {"method": "sample", "temperature": 1.0},
-    "temperature": {"method": "sample", "temperature": 0.7},
-    "top-k": {"method": "sample", "top_k": 40},
-    "top-p": {"method": "sample", "top_p": 0.9},
-    "min-p": {"method": "sample", "min_p": 0.1},
-}
+# The decoding methods a table compares by name: the one vocabulary of every command (tinytales.defaults).
+METHODS = DECODING_METHODS
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")
 
@@ -111,9 +103,7 @@ def method_config(method, max_new_tokens: int, seed: int | None):
 
     if isinstance(method, GenerationConfig):
         return describe(method), replace(method, max_new_tokens=max_new_tokens, seed=seed)
-    if method not in METHODS:
-        raise ValueError(f"unknown decoding method {method!r}; choose from {', '.join(METHODS)}")
-    return method, GenerationConfig(**METHODS[method], max_new_tokens=max_new_tokens, seed=seed)
+    return method, GenerationConfig(**method_settings(method, max_new_tokens=max_new_tokens), seed=seed)
 
 
 def describe(config) -> str:
@@ -222,9 +212,11 @@ def _model_names(models: list[str | None]) -> list[str]:
 
 def compare(models: list[str | None], prompts: list[str], methods: list, eval_source=None,
             max_new_tokens: int = 200, seed: int | None = 0, max_documents: int | None = None,
-            vocab_path=VOCAB_PATH, device: str = "cpu", progress: bool = False) -> CompareResult:
+            vocab_path=VOCAB_PATH, device: str = "cpu", progress: bool = False, text_field: str = "text",
+            split: str = "validation") -> CompareResult:
     """Generate a story for every model x prompt x method and measure it; optionally score each model
-    with bits per byte on `eval_source` (at most `max_documents` stories).
+    with bits per byte on `eval_source` (at most `max_documents` stories; `text_field` and `split` as in
+    `tinytales.evaluate.evaluate`).
 
     `models` are model references for `tinytales.formats.load_model` (None: the bundled model);
     `methods` are names from METHODS or GenerationConfig objects. Every story uses the same `seed`.
@@ -245,7 +237,8 @@ def compare(models: list[str | None], prompts: list[str], methods: list, eval_so
         summary = ModelSummary(name, str(loaded.path) if loaded.path else None, model.num_params(),
                                tokenizer.vocab_size)
         if eval_source is not None:
-            result = evaluate(model, tokenizer, eval_source, max_documents=max_documents, progress=progress)
+            result = evaluate(model, tokenizer, eval_source, max_documents=max_documents, progress=progress,
+                              text_field=text_field, split=split)
             summary.bits_per_byte, summary.eval_documents = result.bits_per_byte, result.documents
         summaries.append(summary)
         for prompt in prompts:

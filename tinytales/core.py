@@ -1,13 +1,16 @@
 """The bottom layer: what every module may import. It imports nothing from the package (torch only inside
 functions, so that the command line starts fast).
 
-- constants shared by data, training and the model: the end-of-story text, the ignored target id;
+- constants shared by data, training and the model: the end-of-story text, the ignored target id, the bundled
+  model's name;
 - writes that a kill never leaves half done: `atomic_file`, `write_json`, `atomic_directory`;
 - `resolve_device`: what "auto" means, for every command;
+- `require`: an optional dependency, or one line naming the extra to install;
 - the interfaces the rest relies on: `Tokenizer`, `LanguageModel` (Protocols), and `LoadedModel`.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -19,6 +22,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 EOT = "<|endoftext|>"  # the end-of-story text; tokenizers map it to their eot_id
 IGNORE_INDEX = -100  # a target the loss does not score (padding, unscored positions)
+BUNDLED = "bundled"  # the bundled model's name wherever a model is named: --model bundled, --init-from bundled
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -147,20 +151,63 @@ def atomic_directory(target) -> Iterator[Path]:
 
 # ----------------------------------------------------------------------------- devices
 
+def auto_device() -> str:
+    """What --device auto picks: a CUDA GPU, else Apple's GPU (MPS), else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if _mps_available():
+        return "mps"
+    return "cpu"
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)  # builds without it have none
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(spec: str = "auto"):
-    """A torch.device for "auto" (CUDA when usable, else CPU), "cpu", "cuda", "cuda:1" ...; ValueError naming
-    the fix for an unknown name or a GPU this machine does not have."""
+    """A torch.device for "auto" (`auto_device`: CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps" ...;
+    ValueError naming the fix for an unknown name or a GPU this machine does not have."""
     import torch
 
     if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
+        spec = auto_device()
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from e
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {spec} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"--device {spec} asked for, but this machine has no usable Apple GPU (MPS); use --device cpu")
     return device
+
+
+# ----------------------------------------------------------------------------- optional dependencies
+
+class MissingDependency(ImportError):
+    """An optional dependency is not installed; the message names the pip command that installs it."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import and return `module`, an optional dependency of the `extra` of pyproject.toml; when it cannot be
+    imported, a MissingDependency whose one-line message names the fix.
+
+    Example: uvicorn = require("uvicorn", "serve", "tinytales serve")
+    -> tinytales serve needs uvicorn, which is not installed: pip install "tinytales[serve]"
+    """
+    package = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing = isinstance(e, ModuleNotFoundError) and (e.name is None or e.name.split(".")[0] == package)
+        why = "which is not installed" if missing else f"which cannot be imported ({e})"
+        raise MissingDependency(f'{purpose} needs {package}, {why}: pip install "tinytales[{extra}]"',
+                                name=package) from e
 
 
 # ----------------------------------------------------------------------------- interfaces

@@ -1,4 +1,5 @@
-"""The story defaults, in one place (no torch import: the command line reads them before loading a model).
+"""The story defaults and the named decoding methods, in one place (no torch import: the command line reads
+them before loading a model).
 
 How `tinytales generate`, `/api/generate` and the page tell a story unless told otherwise: sampling with these
 settings, chosen by measurement against loops and endings (docs/experiments.md, "Story defaults").
@@ -13,6 +14,43 @@ STORY_DEFAULTS = {"temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0, "
 # Small models trapped by beam search repeat one sentence forever; blocking repeated 3-grams is the
 # usual remedy (the CLI, the API and the compare tables use it for beam search unless told otherwise).
 BEAM_NO_REPEAT_NGRAM = 3
+
+# What each sampling setting is when it changes nothing (GenerationConfig's own defaults).
+OFF = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
+       "no_repeat_ngram_size": 0}
+
+# The decoding methods by name, the one vocabulary of `generate --method`, `compare --method` and
+# `grade --method`: each is GenerationConfig settings (the rest stay off). "sample" is the story defaults;
+# the others are the plain textbook methods, one filter each, as the compare tables show them.
+DECODING_METHODS: dict[str, dict] = {
+    "sample": {"method": "sample", **{k: v for k, v in STORY_DEFAULTS.items() if k in OFF and v != OFF[k]}},
+    "greedy": {"method": "greedy"},
+    "beam": {"method": "beam", "num_beams": 4, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM},
+    "multinomial": {"method": "sample", "temperature": 1.0},  # every token by its probability, no filter
+    "temperature": {"method": "sample", "temperature": 0.7},
+    "top-k": {"method": "sample", "top_k": 40},
+    "top-p": {"method": "sample", "top_p": 0.9},
+    "min-p": {"method": "sample", "min_p": 0.1},
+}
+
+
+def method_settings(name: str, **overrides) -> dict:
+    """GenerationConfig settings of a named decoding method, with `overrides` on top (None values are ignored).
+
+    Example: GenerationConfig(**method_settings("top-p", max_new_tokens=50)); ValueError for an unknown name.
+    """
+    if name not in DECODING_METHODS:
+        raise ValueError(f"unknown decoding method {name!r}; choose from {', '.join(DECODING_METHODS)}")
+    return {**DECODING_METHODS[name], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def describe_methods() -> str:
+    """The methods and their settings in one line, for --help: "sample (temperature=0.8 ...), greedy, ..."."""
+    def one(name: str, settings: dict) -> str:
+        shown = " ".join(f"{k}={v}" for k, v in settings.items() if k != "method")
+        return f"{name} ({shown})" if shown else name
+    return ", ".join(one(name, settings) for name, settings in DECODING_METHODS.items())
+
 
 # Limits. The library and the command line take long prompts (the model reads only their last tokens);
 # the HTTP API, open to anyone who can reach it, takes less of everything.

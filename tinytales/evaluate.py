@@ -60,8 +60,10 @@ def iter_texts(source, split: str = "validation", text_field: str = "text") -> I
 
 
 def evaluate(model, tokenizer, source, max_documents: int | None = None, stride: int | None = None,
-             batch_size: int = 16, text_field: str = "text", progress: bool = True) -> EvalResult:
-    """Loss, perplexity and bits per byte of `model` on the stories of `source` (a file or dataset).
+             batch_size: int = 16, text_field: str = "text", progress: bool = True,
+             split: str = "validation") -> EvalResult:
+    """Loss, perplexity and bits per byte of `model` on the stories of `source` (a file or dataset; `split`:
+    a hub dataset's split, `text_field`: the field or column of the story).
 
     Each JSONL record (or <|endoftext|>-separated piece of a text file) is one story. Its tokens are
     a start token (`story_start_id`), the text, the end-of-story token; every token after the start is a
@@ -71,7 +73,8 @@ def evaluate(model, tokenizer, source, max_documents: int | None = None, stride:
     the same text gives a comparable number whatever the tokenizer.
     Stories longer than the context are scored with a sliding window (`stride`, default half the context).
     """
-    return evaluate_texts(model, tokenizer, iter_texts(source, text_field=text_field), max_documents=max_documents,
+    return evaluate_texts(model, tokenizer, iter_texts(source, split=split, text_field=text_field),
+                          max_documents=max_documents,
                           stride=stride, batch_size=batch_size, progress=progress, source_name=str(source))
 
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .decoding import stepper
-from .defaults import BEAM_NO_REPEAT_NGRAM, MAX_PROMPT_CHARS, STORY_DEFAULTS
+from .defaults import BEAM_NO_REPEAT_NGRAM, DECODING_METHODS, MAX_PROMPT_CHARS, STORY_DEFAULTS
 from .ingredients import Ingredients
 from .tokenizer import story_start_id
 
@@ -91,7 +91,9 @@ class GenerationConfig:
                  f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
             return value
 
-        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        named = (f"; {self.method!r} names settings of these: GenerationConfig(**tinytales.defaults."
+                 f"method_settings({self.method!r}))" if self.method in tuple(DECODING_METHODS) else "")
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}{named}")
         need(number("temperature") >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         need(0 < number("top_p") <= 1, f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         need(number("top_k", True) >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}")

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import EOT
+from .core import EOT, require
 from .tokenizer import BPETokenizer, train_bpe
 
 log = logging.getLogger(__name__)
@@ -378,9 +378,8 @@ def _skip_space(text: str, pos: int) -> int:
 
 
 def _read_parquet(path: Path, text_field: str, problems: _Problems) -> Iterator[str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = require("pyarrow", "hub", f"reading {path}")
+    pq = require("pyarrow.parquet", "hub", f"reading {path}")
     table = pq.ParquetFile(path)
     names = table.schema_arrow.names
     if text_field not in names:
@@ -401,10 +400,9 @@ def _read_parquet(path: Path, text_field: str, problems: _Problems) -> Iterator[
 
 def hub_dataset(name: str, split: str = "train"):
     """A streamed `datasets.IterableDataset`: a hub name ("roneneldan/TinyStories") or a local folder."""
-    from datasets import load_dataset
-
+    datasets = require("datasets", "hub", f"the Hugging Face dataset hf:{name}")
     try:
-        return load_dataset(name, split=split, streaming=True)
+        return datasets.load_dataset(name, split=split, streaming=True)
     except ValueError as e:  # e.g. "Bad split: validation. Available splits: ['train']"
         raise ValueError(f"hf:{name}: {e}; pass a split the dataset has (--split)") from e
     except Exception as e:  # offline, unknown name, no data files: all plain Exceptions of several kinds

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .core import EOT
+from .core import EOT, MissingDependency, require
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -126,18 +126,18 @@ def gpt2_tokenizer(directory: str | os.PathLike | None = None) -> BPETokenizer:
 
 
 def _gpt2_from_hub(directory) -> Path:
+    where = f"{directory} has no vocab.json; " if directory else ""
+    fix = f"{where}GPT-2 tokenizer files not found: set $TINYTALES_GPT2_DIR to a folder with vocab.json and merges.txt"
     try:
-        from huggingface_hub import hf_hub_download
-
-        vocab = hf_hub_download("gpt2", "vocab.json")
-        hf_hub_download("gpt2", "merges.txt")
+        hub = require("huggingface_hub", "hub", "downloading them")
+    except MissingDependency as e:
+        raise FileNotFoundError(f"{fix}, or let the Hugging Face hub provide them: {e}") from e
+    try:
+        vocab = hub.hf_hub_download("gpt2", "vocab.json")
+        hub.hf_hub_download("gpt2", "merges.txt")
         return Path(vocab).parent
     except Exception as e:
-        where = f"{directory} has no vocab.json; " if directory else ""
-        raise FileNotFoundError(
-            f"{where}GPT-2 tokenizer files not found: pass a folder with vocab.json and merges.txt "
-            f"(--gpt2-dir or $TINYTALES_GPT2_DIR), or go online so the Hugging Face hub can provide them ({e})"
-        ) from e
+        raise FileNotFoundError(f"{fix}, or go online so the Hugging Face hub can provide them ({e})") from e
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> BPETokenizer:

@@ -18,6 +18,32 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+def package_version() -> str:
+    """The installed package's version (importlib.metadata), else the source tree's `tinytales.__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tinytales")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never pip-installed
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tinytales {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    pass
+
+
 # One module per group of commands; each does `@app.command()` on import.
 COMMAND_MODULES = [
     "generate",

@@ -38,8 +38,10 @@ def bench(
                                                       "results go to bench/results/tmp unless --out."),
     threads: Optional[int] = typer.Option(None, help="Threads per measurement (default 2; --quick: 1)."),
     reps: Optional[int] = typer.Option(None, help="Processes / rounds per figure, median (default 3)."),
-    configs: Optional[str] = typer.Option(None, help="Comma-separated: seed, 4k-d256, 4k-d128, tiny."),
-    steps: Optional[int] = typer.Option(None, help="Timed training steps per process."),
+    configs: Optional[str] = typer.Option(None, help="Comma-separated: seed, 4k-d256, 4k-d128, tiny (default: "
+                                                     "seed, 4k-d256, 4k-d128; --quick: tiny)."),
+    steps: Optional[int] = typer.Option(None, help="Timed training steps per process (default: about 10-15 s of "
+                                                   "work per configuration)."),
     no_levers: bool = typer.Option(False, "--no-levers", help="Skip the TinyTales-only lever measurements."),
     new_tokens: Optional[int] = typer.Option(None, help="New tokens per generation (default 200)."),
     minutes: Optional[List[float]] = typer.Option(None, "--minutes", help="quality: a training budget in minutes "

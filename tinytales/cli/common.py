@@ -8,15 +8,33 @@ import sys
 import typer
 from rich.console import Console
 
+from ..core import BUNDLED, MissingDependency
+
 console = Console()
 err_console = Console(stderr=True)
 
 # Errors a user can act on: their message is the whole story, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, KeyError,
+               MissingDependency)
+
+# The options every command that takes a model shares, with the same names, values and help.
+MODEL_CHOICES = ("a TinyTales model directory, a llama2.c .bin file, a Hugging Face model directory, hf:owner/name "
+                 "(a model on the Hugging Face hub) or bundled (the model that ships with TinyTales)")
+MODEL_HELP = f"The model: {MODEL_CHOICES}."
+TOKENIZER_HELP = "Tokenizer of a llama2.c .bin model (default: the tokenizer.bin beside it)."
+DEVICE_HELP = "auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:1, mps."
+
+
+def model_option(help: str = MODEL_HELP, many: bool = False):
+    """-m/--model, default bundled; `many`: the option may be repeated."""
+    return typer.Option([BUNDLED] if many else BUNDLED, "--model", "-m", help=help)
 
 
 def fail(message: str, code: int = 1):
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets that are not markup (tinytales[serve], a path, a list)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -76,7 +94,7 @@ def _finite(data):
 
 
 def load_for_cli(model: str | None, tokenizer: str | None, device: str = "auto"):
-    """The model a command names (None: the bundled one) on the device it names ("auto": CUDA, else CPU)."""
+    """The model a command names (None or "bundled": the bundled one) on the device it names (`resolve_device`)."""
     from ..core import resolve_device
     from ..formats import load_model
 

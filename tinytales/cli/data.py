@@ -14,7 +14,8 @@ from .common import console, print_json, user_errors
 @user_errors
 def prepare(
     source: str = typer.Argument(..., help="Stories: file, folder, glob (.txt/.jsonl/.json/.parquet) or hf:DATASET."),
-    tokenizer: str = typer.Option(..., help="gpt2, a tokenizer.json, or a folder holding one."),
+    tokenizer: str = typer.Option(..., help="gpt2, a tokenizer.json, or a folder holding one (a model folder; "
+                                            "bundled: the bundled model's)."),
     out: str = typer.Option(..., help="Folder for the token shards and meta.json."),
     text_field: str = typer.Option("text", help="Field / column that holds the story text."),
     split: str = typer.Option("train", help="Split of a Hugging Face dataset."),
@@ -68,7 +69,7 @@ def train_tokenizer(
     source: str = typer.Argument(..., help="Stories: file, folder, glob (.txt/.jsonl/.json/.parquet) or hf:DATASET."),
     vocab_size: int = typer.Option(4096, help="Number of token ids (>= 258)."),
     out: str = typer.Option(..., help="Folder for tokenizer.json."),
-    max_documents: Optional[int] = typer.Option(None, help="Use at most this many stories."),
+    max_documents: Optional[int] = typer.Option(None, help="Use at most this many stories (default: all)."),
     text_field: str = typer.Option("text", help="Field / column that holds the story text."),
     split: str = typer.Option("train", help="Split of a Hugging Face dataset."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first malformed record instead of skipping it."),

@@ -8,36 +8,45 @@ from typing import List, Optional
 import typer
 
 from . import app
-from .common import console, print_json, user_errors
+from ..defaults import describe_methods
+from .common import DEVICE_HELP, MODEL_CHOICES, TOKENIZER_HELP, console, model_option, print_json, user_errors
+
+TEXT_FIELD_HELP = "Field / column that holds the story text (JSON, parquet, hub datasets)."
+SPLIT_HELP = "Split of a Hugging Face dataset (hf:NAME)."
 
 
 @app.command("eval")
 @user_errors
 def eval_command(
-    data: str = typer.Option(..., help="Stories to score: a .jsonl (one story per record) or .txt file, or hf:DATASET."),
-    model: Optional[str] = typer.Option(None, help="Model directory or llama2.c .bin file; default: the bundled model."),
-    max_documents: Optional[int] = typer.Option(None, help="Score only the first N stories."),
+    data: str = typer.Option(..., help="Stories to score: a file, folder or glob (.txt/.jsonl/.json/.parquet), or "
+                                       "hf:DATASET (e.g. hf:roneneldan/TinyStories)."),
+    model: str = model_option(),
+    max_documents: Optional[int] = typer.Option(None, help="Score only the first N stories (default: all)."),
     stride: Optional[int] = typer.Option(None, help="Sliding-window stride for long stories (default: half the context)."),
     batch_size: int = typer.Option(16, help="Windows per forward pass."),
-    text_field: str = typer.Option("text", help="JSON field holding the story."),
-    tokenizer: Optional[str] = typer.Option(None, help="llama2.c tokenizer.bin (default: found beside the .bin model)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps ..."),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
+    split: str = typer.Option("validation", help=SPLIT_HELP),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score a model on held-out stories: loss, perplexity and bits per byte.
 
     Bits per byte compares models whatever their tokenizer.
 
-    Example:
+    Examples:
 
-      tinytales eval --model ../shared/models/stories260K/stories260K_q80.bin --data valid.jsonl
+      tinytales eval --data my_stories.jsonl
+
+      tinytales eval -m runs/tiny/model --data hf:roneneldan/TinyStories --max-documents 500 --json
     """
     from ..evaluate import evaluate
-    from ..formats import load_model
+    from .common import load_for_cli
 
-    loaded = load_model(model, device=device, tokenizer_path=tokenizer)
+    loaded = load_for_cli(model, tokenizer, device)
     result = evaluate(loaded.model, loaded.tokenizer, data, max_documents=max_documents, stride=stride,
-                      batch_size=batch_size, text_field=text_field, progress=not as_json and sys.stderr.isatty())
+                      batch_size=batch_size, text_field=text_field, split=split,
+                      progress=not as_json and sys.stderr.isatty())
     if as_json:
         print_json({"model": str(loaded.path) if loaded.path else None, "data": data, **result.to_dict()})
         return
@@ -54,16 +63,22 @@ def eval_command(
 @app.command()
 @user_errors
 def compare(
-    model: Optional[List[str]] = typer.Option(None, "--model", help="A model to compare (repeat the option); default: the bundled model."),
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="A story opening (repeat); default: \"Once upon a time\"."),
-    method: Optional[List[str]] = typer.Option(None, "--method", help="greedy, beam, sample, temperature, top-k, top-p, min-p (repeat); default: all."),
-    eval_data: Optional[str] = typer.Option(None, help="Also score each model's bits per byte on these stories."),
-    max_documents: Optional[int] = typer.Option(None, help="Stories of --eval-data to score."),
+    model: List[str] = model_option(f"A model to compare (repeat the option): {MODEL_CHOICES}.", many=True),
+    prompt: List[str] = typer.Option(["Once upon a time"], "--prompt", help="A story opening (repeat)."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help=f"A decoding method (repeat): "
+                                               f"{describe_methods()} (default: all of them)."),
+    eval_data: Optional[str] = typer.Option(None, help="Also score each model's bits per byte on these stories "
+                                                       "(as eval --data; default: none)."),
+    max_documents: Optional[int] = typer.Option(None, help="Stories of --eval-data to score (default: all)."),
+    text_field: str = typer.Option("text", help=TEXT_FIELD_HELP),
+    split: str = typer.Option("validation", help=SPLIT_HELP),
     max_new_tokens: int = typer.Option(200, help="Tokens generated per story at most."),
     seed: int = typer.Option(0, help="Random seed of every sampled story."),
-    vocab: Optional[Path] = typer.Option(None, help="Children's vocabulary (a word per line); default: the bundled list."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps ..."),
-    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) to this file."),
+    vocab: Optional[Path] = typer.Option(None, help="Children's vocabulary, a word per line (default: the bundled "
+                                                    "list)."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) to this file "
+                                                  "(default: print only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of Markdown."),
 ):
     """Compare models and decoding methods side by side: a story per model x prompt x method, with
@@ -71,15 +86,15 @@ def compare(
 
     Example:
 
-      tinytales compare --model runs/tiny/model --model stories260K_q80.bin --prompt "Once upon a time" --method greedy --method top-p --eval-data valid.jsonl --max-documents 200 --out table.md
+      tinytales compare -m bundled -m runs/tiny/model --prompt "Once upon a time" --method greedy --method top-p --eval-data valid.jsonl --max-documents 200 --out table.md
     """
     from ..compare import METHODS, VOCAB_PATH, compare as run_compare
+    from ..core import resolve_device
 
-    result = run_compare(list(model) if model else [None], list(prompt) if prompt else ["Once upon a time"],
-                         list(method) if method else list(METHODS), eval_source=eval_data,
+    result = run_compare(list(model), list(prompt), list(method) if method else list(METHODS), eval_source=eval_data,
                          max_new_tokens=max_new_tokens, seed=seed, max_documents=max_documents,
-                         vocab_path=vocab or VOCAB_PATH, device=device,
-                         progress=not as_json and sys.stderr.isatty())
+                         vocab_path=vocab or VOCAB_PATH, device=resolve_device(device),
+                         progress=not as_json and sys.stderr.isatty(), text_field=text_field, split=split)
     _show(result.to_dict(), result.to_markdown, out, as_json)
 
 
@@ -90,15 +105,18 @@ def grade(
                                             "http://localhost:11434/v1 (ollama)."),
     judge_model: str = typer.Option(..., help="The judge's model name (gpt-4o-mini, llama3, ...)."),
     judge_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key (if any)."),
-    stories: Optional[Path] = typer.Option(None, help="Stories to grade: the output of `tinytales compare --json`."),
-    model: Optional[List[str]] = typer.Option(None, "--model", help="Or: write stories with this model (repeat); "
-                                                                   "default: the bundled model."),
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Story openings for --model (repeat)."),
-    method: Optional[List[str]] = typer.Option(None, "--method", help="Decoding methods for --model (repeat); "
-                                                                     "default: top-p."),
+    stories: Optional[Path] = typer.Option(None, help="Stories to grade: the output of `tinytales compare --json` "
+                                                      "(default: none, write them with --prompt)."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help=f"Or: write stories with this model "
+                                              f"(repeat): {MODEL_CHOICES} (default: bundled)."),
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Story openings for --model (repeat; "
+                                                                     "default: none)."),
+    method: List[str] = typer.Option(["top-p"], "--method", help=f"Decoding methods for --model (repeat): "
+                                                                 f"{describe_methods()}."),
     max_new_tokens: int = typer.Option(300, help="Tokens per written story at most."),
     seed: int = typer.Option(0, help="Random seed of the written stories."),
-    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) here."),
+    out: Optional[Path] = typer.Option(None, help="Also write the Markdown (or, with --json, the JSON) here "
+                                                  "(default: print only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of Markdown."),
 ):
     """Grade stories with an LLM judge, as the TinyStories paper does: grammar, creativity, consistency with
@@ -123,7 +141,7 @@ def grade(
     else:
         if not prompt:
             raise ValueError("nothing to grade: pass --stories FILE (from tinytales compare --json) or --prompt")
-        written = run_compare(list(model) if model else [None], list(prompt), list(method) if method else ["top-p"],
+        written = run_compare(list(model) if model else [None], list(prompt), list(method),
                               max_new_tokens=max_new_tokens, seed=seed)
         items = [{"prompt": o.prompt, "text": o.text, "model": o.model, "method": o.method} for o in written.outputs]
     try:

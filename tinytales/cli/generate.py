@@ -7,58 +7,65 @@ from typing import Optional
 
 import typer
 
-from ..defaults import STORY_DEFAULTS
+from ..defaults import DECODING_METHODS, OFF, STORY_DEFAULTS, describe_methods
 from . import app
-from .common import err_console, load_for_cli, print_json, user_errors
+from .common import DEVICE_HELP, TOKENIZER_HELP, err_console, load_for_cli, model_option, print_json, user_errors
 
 DEFAULT_PROMPT = "Once upon a time"
+
+
+def _method_default(key: str) -> str:
+    """Where a decoding flag's default comes from: the --method's setting, else off."""
+    setters = ", ".join(f"{name} {settings[key]}" for name, settings in DECODING_METHODS.items() if key in settings)
+    return f"default: the --method's ({setters}), else {OFF[key]}"
 
 
 @app.command()
 @user_errors
 def generate(
-    prompt: Optional[str] = typer.Argument(None, help=f'Beginning of the story (default: "{DEFAULT_PROMPT}").'),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="Model directory, llama2.c .bin or Hugging Face directory "
-                                             "(default: the bundled model)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
-    method: str = typer.Option("sample", help="sample, greedy or beam."),
+    prompt: Optional[str] = typer.Argument(None, help=f'Beginning of the story (default: "{DEFAULT_PROMPT}"; none '
+                                                      f'with --words/--features).', show_default=False),
+    model: str = model_option(),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
+    method: str = typer.Option("sample", help=f"Decoding method: {describe_methods()}. The flags below change its "
+                                              f"settings."),
     temperature: Optional[float] = typer.Option(
-        None, help=f"Sampling temperature, >= 0 (0 = greedy; story default {STORY_DEFAULTS['temperature']}).",
-        show_default=False),
-    top_k: Optional[int] = typer.Option(None, help=f"Sample among the k most likely tokens (0 = off; story default "
-                                                   f"{STORY_DEFAULTS['top_k']}).", show_default=False),
+        None, help=f"Sampling temperature, >= 0 (0 = greedy; {_method_default('temperature')}).", show_default=False),
+    top_k: Optional[int] = typer.Option(None, help=f"Sample among the k most likely tokens (0 = off; "
+                                                   f"{_method_default('top_k')}).", show_default=False),
     top_p: Optional[float] = typer.Option(None, help=f"Nucleus sampling: smallest set with this probability, (0, 1] "
-                                                     f"(story default {STORY_DEFAULTS['top_p']}).", show_default=False),
+                                                     f"({_method_default('top_p')}).", show_default=False),
     min_p: Optional[float] = typer.Option(None, help=f"Drop tokens below min_p x the best token's probability, "
-                                                     f"[0, 1) (story default {STORY_DEFAULTS['min_p']}).",
-                                          show_default=False),
+                                                     f"[0, 1) ({_method_default('min_p')}).", show_default=False),
     repetition_penalty: Optional[float] = typer.Option(
-        None, help=f"> 1 discourages tokens already in the text (1 = off; story default "
-                   f"{STORY_DEFAULTS['repetition_penalty']}).", show_default=False),
-    no_repeat_ngram: Optional[int] = typer.Option(None, help="Never repeat an n-gram of this size (0 = off; "
-                                                             "default 3 for beam search, which loops without it; "
-                                                             f"story default {STORY_DEFAULTS['no_repeat_ngram_size']})."),
-    num_beams: int = typer.Option(4, help="Beams for --method beam."),
+        None, help=f"> 1 discourages tokens already in the text (1 = off; {_method_default('repetition_penalty')}).",
+        show_default=False),
+    no_repeat_ngram: Optional[int] = typer.Option(
+        None, help=f"Never repeat an n-gram of this size (0 = off; {_method_default('no_repeat_ngram_size')}).",
+        show_default=False),
+    num_beams: int = typer.Option(DECODING_METHODS["beam"]["num_beams"], help="Beams for --method beam."),
     length_penalty: float = typer.Option(1.0, help="Beam score = log-prob / length ** length_penalty."),
     max_new_tokens: int = typer.Option(STORY_DEFAULTS["max_new_tokens"], help="Most new tokens per story."),
     num_samples: int = typer.Option(1, help="Stories to tell (beam: the best hypotheses, at most --num-beams)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling (default: a new one each time)."),
     words: Optional[str] = typer.Option(None, help="Words the story should use, comma-separated (at most 5), "
-                                                   "e.g. dog,cake,rainy: for models trained with ingredients."),
+                                                   "e.g. dog,cake,rainy: for models trained with ingredients "
+                                                   "(default: none)."),
     features: Optional[str] = typer.Option(None, help="Features the story should have, comma-separated: dialogue, "
-                                                      "twist, moralvalue, happyending or sadending."),
+                                                      "twist, moralvalue, happyending or sadending (default: none)."),
     stream: Optional[bool] = typer.Option(None, "--stream/--no-stream",
                                           help="Print token by token (default: when stdout is a terminal)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     threads: Optional[int] = typer.Option(None, help="CPU threads (torch.set_num_threads); 1 is often fastest "
-                                                      "for small models on a busy machine."),
+                                                      "for small models on a busy machine (default: PyTorch's "
+                                                      "choice)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object: prompt, settings, stories."),
 ):
     """Continue a prompt into a story.
 
-    Defaults: sampling with the story defaults (tinytales.generate.STORY_DEFAULTS, chosen by measurement).
-    --method greedy is deterministic; --method beam keeps the --num-beams most likely continuations.
+    Defaults: --method sample, the story defaults (tinytales.defaults.STORY_DEFAULTS, chosen by measurement).
+    --method greedy is deterministic; --method beam keeps the --num-beams most likely continuations; the
+    other methods (the same names as tinytales compare's) are plain sampling with one filter each.
     A story ends at the model's end-of-story token; past the model's context the window slides.
 
     Examples:
@@ -67,20 +74,20 @@ def generate(
 
       tinytales generate "Tom found a red ball." --model runs/tiny/model --method greedy --max-new-tokens 50
 
-      tinytales generate "The dragon" --num-samples 3 --seed 1 --json
+      tinytales generate "The dragon" --method top-p --num-samples 3 --seed 1 --json
 
       tinytales generate --words dog,cake,rainy --features dialogue,twist
     """
     from rich.markup import escape
 
     from .. import generate as engine
+    from ..defaults import method_settings
 
     # everything is checked before the (slower) model loading
-    config = engine.story_config(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                          no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
-                          length_penalty=length_penalty, num_samples=num_samples, seed=seed,
-                          words=words, features=features)
+    config = engine.GenerationConfig(**method_settings(
+        method, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram, num_beams=num_beams,
+        length_penalty=length_penalty, num_samples=num_samples, seed=seed, words=words, features=features))
     if prompt is None:  # with ingredients the model begins the story itself
         prompt = "" if config.ingredients else DEFAULT_PROMPT
     prompt = engine.check_prompt(prompt, config.ingredients)

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, print_json, user_errors
+from .common import console, model_option, print_json, user_errors
 
 DTYPES = ("float32", "float16", "bfloat16")
 FORMATS = ("hf", "llama2c")
@@ -24,7 +24,7 @@ def _torch_dtype(name: str):
 @app.command()
 @user_errors
 def export(
-    model: Optional[str] = typer.Argument(None, help="Model directory or llama2.c .bin (default: the bundled model)."),
+    model: str = model_option(),
     format: str = typer.Option("hf", "--format", help="Output format: hf (a transformers model directory) or llama2c "
                                                        "(a .bin file for llama2.c's run.c, tokenizer.bin beside it)."),
     out: Path = typer.Option(..., "--out", help="hf: the directory to write (a model directory there is replaced); "
@@ -44,7 +44,7 @@ def export(
 
     Examples:
 
-      tinytales export runs/tiny/model --format hf --out exported/tiny
+      tinytales export -m runs/tiny/model --format hf --out exported/tiny
 
     then in Python: AutoModelForCausalLM.from_pretrained("exported/tiny") and AutoTokenizer.from_pretrained(...);
     to share it, the hub's own CLI: hf upload USER/NAME exported/tiny

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import console, load_for_cli, print_json, user_errors
+from .common import TOKENIZER_HELP, console, load_for_cli, model_option, print_json, user_errors
 
 
 def model_summary(loaded) -> dict:
@@ -31,16 +31,17 @@ def model_summary(loaded) -> dict:
 @app.command()
 @user_errors
 def info(
-    model: Optional[str] = typer.Argument(None, help="Model directory, llama2.c .bin or Hugging Face directory "
-                                                     "(default: the bundled model)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
+    model: str = model_option(),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Show a model's architecture, parameter counts, tokenizer and model card.
 
-    Example:
+    Examples:
 
-      tinytales info runs/tiny/model
+      tinytales info
+
+      tinytales info -m runs/tiny/model --json
     """
     summary = model_summary(load_for_cli(model, tokenizer, "cpu"))
     if as_json:

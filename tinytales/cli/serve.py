@@ -8,7 +8,7 @@ import typer
 
 from ..defaults import SERVE_MAX_CONCURRENT, SERVE_MAX_QUEUE
 from . import app
-from .common import console, load_for_cli, user_errors
+from .common import DEVICE_HELP, TOKENIZER_HELP, console, load_for_cli, model_option, user_errors
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -16,10 +16,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 @app.command()
 @user_errors
 def serve(
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="Model directory, llama2.c .bin or Hugging Face directory "
-                                             "(default: the bundled model)."),
-    tokenizer: Optional[str] = typer.Option(None, help="Tokenizer file for a llama2.c .bin model."),
+    model: str = model_option(),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every network interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     max_concurrent: int = typer.Option(SERVE_MAX_CONCURRENT, help="Stories told at the same time (rows of the "
@@ -31,8 +29,9 @@ def serve(
                                        "batching); off: one story per worker thread."),
     safety: bool = typer.Option(True, "--safety/--no-safety",
                                 help="The children's word filter on prompts and stories."),
-    blocked_words: Optional[Path] = typer.Option(None, help="Your own word list (one word or phrase a line)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ..."),
+    blocked_words: Optional[Path] = typer.Option(None, help="Your own word list, one word or phrase a line "
+                                                            "(default: the bundled list)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     log_level: str = typer.Option("info", help=f"uvicorn's log level: {', '.join(LOG_LEVELS)}."),
     api_docs: bool = typer.Option(False, "--api-docs",
                                   help="Serve the interactive API pages /docs and /redoc (they load Swagger UI "
@@ -56,8 +55,10 @@ def serve(
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
     if log_level not in LOG_LEVELS:
         raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    import uvicorn
+    from ..core import require
 
+    uvicorn = require("uvicorn", "serve", "tinytales serve")
+    require("fastapi", "serve", "tinytales serve")
     from ..serve import create_app
 
     loaded = load_for_cli(model, tokenizer, device)

@@ -34,7 +34,9 @@ def _train_flags() -> list[inspect.Parameter]:
         names = [f"--{f.name.replace('_', '-')}"]
         if base is bool:
             names = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:
+            help_text += f" (default: {'none' if default in (None, '') else default})"
         option = typer.Option(None, *names, help=help_text, show_default=False)
         flags.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                        annotation=Optional[base]))
@@ -55,7 +57,7 @@ def train(config: Optional[Path] = None, dropout: Optional[float] = None, model_
 
       tinytales train --config configs/bundled.yaml --resume auto
 
-      tinytales train --init-from runs/base/model --data my_stories.txt --out runs/mine --epochs 2 --lr 3e-4
+      tinytales train --init-from bundled --data my_stories.txt --out runs/mine --epochs 2 --lr 3e-4
 
       tinytales train --data stories.jsonl --model-setting n_layer=6 --model-setting qk_norm=true
     """
@@ -97,12 +99,15 @@ def _model_settings(pairs: list[str]) -> dict:
 
 train.__signature__ = inspect.Signature([
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-                      default=typer.Option(None, "--config", help="YAML/JSON file of settings (flags override it).")),
+                      default=typer.Option(None, "--config", help="YAML/JSON file of settings (flags override it; "
+                                                                  "default: none).")),
     inspect.Parameter("dropout", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
-                      default=typer.Option(None, help="Dropout probability (a model setting).")),
+                      default=typer.Option(None, help="Dropout probability (a model setting; default: the preset's "
+                                                      "or config file's, else 0).")),
     inspect.Parameter("model_setting", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[list[str]],
                       default=typer.Option(None, "--model-setting", help="A model setting KEY=VALUE (GPTConfig: "
-                                           "n_layer, n_embd, n_head, qk_norm, ...); repeat for several.")),
+                                           "n_layer, n_embd, n_head, qk_norm, ...); repeat for several (default: "
+                                           "the preset's or config file's).")),
     *_train_flags(),
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--json", help="Print the result as JSON.")),
@@ -126,7 +131,7 @@ def _print_epoch_table(rows: list[dict]) -> None:
 @user_errors
 def plot(
     run: Path = typer.Argument(..., help="A run directory (the --out of tinytales train)."),
-    out: Optional[Path] = typer.Option(None, help="PNG to write (default RUN/loss.png)."),
+    out: Optional[Path] = typer.Option(None, help="PNG to write (default: RUN/loss.png)."),
 ):
     """Plot a run's loss and gradient-norm curves to a PNG.
 

@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from ..core import require
+
 PREFIX = "hf:"
 FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "README.md"]  # weights, configs, tokenizers
 _REFERENCE = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(?P<file>/[^@]+)?(?:@(?P<revision>[\w./-]+))?")
@@ -37,17 +39,13 @@ def _offline() -> bool:
 def fetch(reference: str) -> Path:
     """The local path of a hub model (a snapshot folder, or the one file asked for), downloaded if needed."""
     repo, file, revision = parse(reference)
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-    except ImportError as e:
-        raise ValueError(f"{reference} is on the Hugging Face hub, which needs huggingface_hub: "
-                         f"pip install 'tinytales[hub]'") from e
+    hub = require("huggingface_hub", "hub", f"the hub model {reference}")
     cache = os.environ.get("HF_HUB_CACHE") or None
     offline = _offline()
     try:
         if file:
-            return Path(hf_hub_download(repo, file, revision=revision, cache_dir=cache, local_files_only=offline))
-        return Path(snapshot_download(repo, revision=revision, cache_dir=cache, local_files_only=offline,
+            return Path(hub.hf_hub_download(repo, file, revision=revision, cache_dir=cache, local_files_only=offline))
+        return Path(hub.snapshot_download(repo, revision=revision, cache_dir=cache, local_files_only=offline,
                                       allow_patterns=FILES))
     except Exception as e:  # offline and not cached, no such repository, no network: one line, with the fix
         how = ("HF_HUB_OFFLINE=1 is set and it is not in the local cache" if offline

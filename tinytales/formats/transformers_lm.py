@@ -13,11 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import EOT, IGNORE_INDEX, LoadedModel
+from ..core import EOT, IGNORE_INDEX, LoadedModel, require
 from ..tokenizer import TOKENIZER_FILE, BPETokenizer, save_backend
 from .native import read_config
-
-INSTALL_HINT = "install it with `pip install 'tinytales[hf]'`"
 
 
 class HFTokenizer:
@@ -60,14 +58,10 @@ def load_hf_tokenizer(directory, hf: dict | None = None) -> BPETokenizer | HFTok
 
         backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
     else:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as e:
-            raise FileNotFoundError(f"{directory} has no tokenizer.json; reading its tokenizer needs transformers "
-                                    f"({INSTALL_HINT})") from e
+        transformers = require("transformers", "hf", f"the tokenizer of {directory} (no tokenizer.json)")
         refuse_remote_code(directory, hf)
         # never runs code from the model directory, and never asks whether to
-        auto = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
+        auto = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False, local_files_only=True)
         backend = getattr(auto, "backend_tokenizer", None)
         if backend is None:
             raise ValueError(f"the tokenizer of {directory} ({type(auto).__name__}) has no fast (tokenizers) version")
@@ -200,11 +194,9 @@ def refuse_remote_code(directory, hf: dict | None = None) -> None:
 
 def load_transformers(path, device="cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Any causal LM directory transformers can load, wrapped as TransformersLM."""
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        raise ValueError(f"{path} holds a {read_config(path).get('model_type')!r} model, which runs through "
-                         f"transformers: {INSTALL_HINT}") from e
+    require("transformers", "hf", f"the {read_config(path).get('model_type')!r} model in {path} (it runs through "
+                                  f"transformers)")
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     path = Path(path)
