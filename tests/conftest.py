@@ -60,6 +60,16 @@ def tiny_model(tiny_config):
     return GPT(tiny_config).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_tokenizer, tiny_config):
+    """The tiny random model ready to serve (named "tiny"), one per test module."""
+    from tinytales.core import LoadedModel
+    from tinytales.model import GPT
+
+    torch.manual_seed(0)
+    return LoadedModel(GPT(tiny_config).eval(), tiny_tokenizer, None, {"name": "tiny"})
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path, tiny_model, tiny_tokenizer):
     from tinytales.formats import save_model

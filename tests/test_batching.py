@@ -14,7 +14,6 @@ import torch
 
 import tinytales.generate as engine
 from tinytales.batching import StoryBatch
-from tinytales.core import LoadedModel
 from tinytales.decoding import CacheRows, KernelStep, TorchStep, available, stepper
 from tinytales.generate import GenerationConfig, encode_prompt, generate, story_config
 from tinytales.kernels import fast_paths
@@ -132,12 +131,6 @@ def test_models_the_fast_steps_do_not_run_are_not_batched(tiny_model):
 # ---------------------------------------------------------------------------- the server
 
 
-@pytest.fixture
-def loaded(tiny_tokenizer, tiny_config):
-    torch.manual_seed(0)
-    return LoadedModel(GPT(tiny_config).eval(), tiny_tokenizer, None, {"name": "tiny"})
-
-
 def watch_batch(monkeypatch, delay: float = 0.0, endless: bool = False) -> dict:
     """Counts the batch's steps, stories at once and stories that left; `delay` s a step; `endless`: no story
     ends by itself (the end-of-story token is never drawn)."""
@@ -179,55 +172,72 @@ def wait_for(condition, timeout: float = 5.0) -> bool:
     return True
 
 
-def test_concurrent_readers_share_the_batch_and_get_their_own_stories(loaded, monkeypatch):
+ROUTES = [  # (path, body, the story's text in the answer): every route the server has, JSON and streaming
+    ("/api/story", {"prompt": PROMPTS[0], "max_new_tokens": 30, "seed": 1}, lambda a: a.json()["text"]),
+    ("/api/story", {"prompt": PROMPTS[1], "max_new_tokens": 30, "seed": 2, "stream": True},
+     lambda a: "".join(json.loads(line[5:]).get("text", "") for line in a.text.splitlines()[:-2]
+                       if line.startswith("data:"))),
+    ("/api/generate", {"model": "tiny", "prompt": PROMPTS[2], "stream": False,
+                       "options": {"seed": 3, "num_predict": 30, "temperature": 1.2, "top_k": 10}},
+     lambda a: a.json()["response"]),
+    ("/api/generate", {"model": "tiny", "prompt": PROMPTS[3], "options": {"temperature": 0, "num_predict": 30}},
+     lambda a: "".join(json.loads(line)["response"] for line in a.text.splitlines())),
+    ("/v1/completions", {"prompt": PROMPTS[4], "max_tokens": 30, "seed": 4, "temperature": 0.8},
+     lambda a: a.json()["choices"][0]["text"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[5]}], "max_tokens": 30, "seed": 5,
+                              "top_p": 0.9, "repetition_penalty": 1.3}, lambda a: a.json()["choices"][0]["message"]["content"]),
+    ("/api/story", {"prompt": PROMPTS[0], "method": "greedy", "max_new_tokens": 30, "no_repeat_ngram_size": 2},
+     lambda a: a.json()["text"]),
+    ("/api/story", {"prompt": PROMPTS[1], "max_new_tokens": 30, "seed": 6, "min_p": 0.1, "repetition_penalty": 1.5},
+     lambda a: a.json()["text"]),
+]
+
+
+def tell_all(server, together: bool) -> list[str]:
+    """Every route's story: all at once (eight clients), or one after the other."""
+    told = [None] * len(ROUTES)
+
+    def one(i):
+        path, body, text = ROUTES[i]
+        answer = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        told[i] = text(answer)
+
+    if not together:
+        for i in range(len(ROUTES)):
+            one(i)
+        return told
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ROUTES))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return told
+
+
+def test_concurrent_readers_on_every_route_share_the_batch_and_get_their_own_stories(tiny_loaded, monkeypatch):
     """Eight clients at once, mixed settings and routes: each gets the story its seed tells alone."""
     progress = watch_batch(monkeypatch, delay=0.002)
-    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": 30, "seed": i, "stream": i % 2 == 0,
-               "repetition_penalty": 1.0 + i / 10,
-               **({"method": "greedy"} if i % 3 == 2 else {"temperature": [0.8, 1.2][i % 3], "top_k": [0, 10][i % 2]})}
-              for i in range(8)]
-    results = [None] * 8
-
-    def one_client(i):
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            if i == 7:  # the OpenAI route batches too
-                answer = http.post("/v1/completions", json={"prompt": bodies[i]["prompt"], "max_tokens": 30,
-                                                            "seed": i, "temperature": 0.8})
-                results[i] = answer.json()["choices"][0]["text"]
-                return
-            answer = http.post("/api/generate", json=bodies[i])
-            if bodies[i]["stream"]:
-                texts = [json.loads(line[5:]) for line in answer.text.splitlines() if line.startswith("data:")]
-                results[i] = "".join(t.get("text", "") for t in texts[:-1])
-            else:
-                results[i] = answer.json()["text"]
-
-    with BackgroundServer(create_app(loaded, max_concurrent=4, max_queue=8, safety=False)) as server:
-        threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=4, max_queue=8, safety=False)) as server:
+        together = tell_all(server, together=True)
         assert server.app.state.runner.batching and server.app.state.runner.running == 0
     assert 1 < progress["most"] <= 4  # told together, never more than the rows
-    for i, body in enumerate(bodies[:7]):
-        settings = {k: body[k] for k in ("method", "temperature", "top_k", "repetition_penalty") if k in body}
-        config = story_config(max_new_tokens=30, seed=i, **settings)
-        assert results[i] == generate(loaded.model, loaded.tokenizer, body["prompt"], config)[0].text, (i, body)
-    with BackgroundServer(create_app(loaded, safety=False, batching=False)) as server:  # one story per worker
-        alone = results[7]
-        one_client(7)
-    assert results[7] == alone
+    with BackgroundServer(create_app(tiny_loaded, safety=False, batching=False)) as server:  # a story per worker
+        alone = tell_all(server, together=False)
+    assert together == alone and all(together)
+    first = ROUTES[0][1]
+    assert together[0] == generate(tiny_loaded.model, tiny_loaded.tokenizer, first["prompt"],
+                                   story_config(max_new_tokens=30, seed=1))[0].text
 
 
-def test_a_reader_who_leaves_frees_the_row_at_once(loaded, monkeypatch):
+def test_a_reader_who_leaves_frees_the_row_at_once(tiny_loaded, monkeypatch):
     progress = watch_batch(monkeypatch, delay=0.005, endless=True)
-    with BackgroundServer(create_app(loaded, max_concurrent=2, max_queue=0)) as server:
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=2, max_queue=0)) as server:
         runner = server.app.state.runner
         with httpx.Client(base_url=server.url, timeout=10) as http:
-            with http.stream("POST", "/api/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 1000,
+            with http.stream("POST", "/api/story", json={"prompt": PROMPTS[0], "max_new_tokens": 1000,
                                                             "stream": True}) as staying:
-                with http.stream("POST", "/api/generate", json={"prompt": PROMPTS[1], "max_new_tokens": 1000,
+                with http.stream("POST", "/api/story", json={"prompt": PROMPTS[1], "max_new_tokens": 1000,
                                                                 "stream": True}) as leaving:
                     texts = 0
                     for line in leaving.iter_lines():
@@ -237,29 +247,29 @@ def test_a_reader_who_leaves_frees_the_row_at_once(loaded, monkeypatch):
                 assert wait_for(lambda: progress["left"] == 1 and runner.running == 1)
                 assert runner.history[-1].finish_reason == "cancelled" and runner.history[-1].new_tokens < 200
                 # its row is free: a new story joins while the first still runs, the server full again after it
-                short = http.post("/api/generate", json={"prompt": PROMPTS[2], "max_new_tokens": 5})
+                short = http.post("/api/story", json={"prompt": PROMPTS[2], "max_new_tokens": 5})
                 assert short.status_code == 200 and short.json()["new_tokens"] == 5
                 assert next(staying.iter_lines())  # the first story kept streaming
         assert wait_for(lambda: runner.running == 0)
 
 
-def test_past_its_places_the_batching_server_answers_503(loaded, monkeypatch):
+def test_past_its_places_the_batching_server_answers_503(tiny_loaded, monkeypatch):
     watch_batch(monkeypatch, delay=0.005, endless=True)
-    with BackgroundServer(create_app(loaded, max_concurrent=1, max_queue=1)) as server, \
+    with BackgroundServer(create_app(tiny_loaded, max_concurrent=1, max_queue=1)) as server, \
             httpx.Client(base_url=server.url, timeout=10) as http:
         runner, waited = server.app.state.runner, []
         body = {"prompt": PROMPTS[0], "max_new_tokens": 1000, "stream": True}
-        with http.stream("POST", "/api/generate", json=body) as first:
+        with http.stream("POST", "/api/story", json=body) as first:
             assert first.status_code == 200
             second = threading.Thread(target=lambda: waited.append(
-                httpx.post(f"{server.url}/api/generate", json={"prompt": PROMPTS[1], "max_new_tokens": 3}, timeout=30)))
+                httpx.post(f"{server.url}/api/story", json={"prompt": PROMPTS[1], "max_new_tokens": 3}, timeout=30)))
             second.start()
             assert wait_for(lambda: runner.waiting == 1)  # one told, one waiting in line
-            busy = http.post("/api/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 3})
+            busy = http.post("/api/story", json={"prompt": PROMPTS[0], "max_new_tokens": 3})
             assert busy.status_code == 503 and int(busy.headers["Retry-After"]) > 0
             health = http.get("/healthz").json()
             assert (health["running"], health["waiting"], health["capacity"]) == (1, 1, 2)
         second.join(30)  # the first reader left: the one in line is told its story
         assert waited[0].status_code == 200 and waited[0].json()["new_tokens"] == 3
         assert wait_for(lambda: runner.running == 0)
-        assert http.post("/api/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 3}).status_code == 200
+        assert http.post("/api/story", json={"prompt": PROMPTS[0], "max_new_tokens": 3}).status_code == 200

@@ -8,11 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 import tinytales.generate as engine
-from tinytales.core import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.runner import TextGate
 from tinytales.serve.safety import word_forms
@@ -95,14 +93,6 @@ def test_gate_checks_the_prompt_and_the_story_together(words):
     assert calm.feed(", a cat") + calm.flush() == ", a cat" and calm.finish_reason is None
 
 
-@pytest.fixture(scope="module")
-def tiny_loaded(tiny_tokenizer, tiny_config):
-    from tinytales.model import GPT
-
-    torch.manual_seed(0)
-    return LoadedModel(GPT(tiny_config).eval(), tiny_tokenizer, None, {"name": "tiny"})
-
-
 def test_server_stops_a_word_split_between_prompt_and_story(tiny_loaded, monkeypatch):
     def stream_events(model, tokenizer, prompt, config, should_stop=None):
         return (piece for piece in ["ll", " the ", "deer", " and ", "ran."])
@@ -110,7 +100,7 @@ def test_server_stops_a_word_split_between_prompt_and_story(tiny_loaded, monkeyp
     monkeypatch.setattr(engine, "stream_events", stream_events)
     prompt = "The hunter wanted to ki"
     with TestClient(create_app(tiny_loaded, batching=False)) as c:
-        story = c.post("/api/generate", json={"prompt": prompt}).json()
+        story = c.post("/api/story", json={"prompt": prompt}).json()
         assert story["text"] == "" and story["finish_reason"] == "content_filter"
         echoed = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 20, "echo": True}).json()
         assert echoed["choices"][0]["text"] == prompt and echoed["choices"][0]["finish_reason"] == "content_filter"

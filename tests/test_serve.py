@@ -1,5 +1,6 @@
-"""The web app and HTTP API: JSON and streaming stories, the OpenAI-compatible API, concurrency,
-disconnects, the children's safety filter, input limits (with a schema-driven fuzz), and the CLI."""
+"""The web app and HTTP API: the page's protocol (/api/story: JSON and streaming stories), the OpenAI-compatible
+completions, concurrency, disconnects, the children's safety filter, input limits (with a schema-driven fuzz of
+every protocol), and the CLI. ollama's protocol: test_serve_ollama.py; OpenAI's chat: test_serve_openai.py."""
 from __future__ import annotations
 
 import json
@@ -9,27 +10,17 @@ import time
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 import tinytales.generate as engine
 from tinytales.cli import app as cli_app
 from tinytales.ingredients import FEATURES
-from tinytales.core import LoadedModel
 from tinytales.serve import SafetyFilter, create_app
 from tinytales.serve.background import BackgroundServer
 from tinytales.serve.runner import TextGate
 from tinytales.serve.safety import PROMPT_REFUSED, STORY_STOPPED
 
 PROMPT = "Once upon a time, there was a little girl named Lily."
-
-
-@pytest.fixture(scope="module")
-def tiny_loaded(tiny_tokenizer, tiny_config):
-    from tinytales.model import GPT
-
-    torch.manual_seed(0)
-    return LoadedModel(GPT(tiny_config).eval(), tiny_tokenizer, None, {"name": "tiny"})
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +92,7 @@ def wait_for(condition, timeout: float = 5.0) -> bool:
 
 def test_generate_returns_the_engines_story_with_counts(client, tiny_loaded):
     body = {"prompt": PROMPT, "method": "greedy", "max_new_tokens": 12}
-    answer = client.post("/api/generate", json=body)
+    answer = client.post("/api/story", json=body)
     assert answer.status_code == 200, answer.text
     story = answer.json()
     expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, PROMPT,
@@ -116,10 +107,10 @@ def test_generate_returns_the_engines_story_with_counts(client, tiny_loaded):
 
 def test_same_seed_same_story_and_every_method_works(client):
     body = {"prompt": PROMPT, "max_new_tokens": 10, "seed": 7, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-    first, second = (client.post("/api/generate", json=body).json() for _ in range(2))
+    first, second = (client.post("/api/story", json=body).json() for _ in range(2))
     assert first["text"] == second["text"]
     for method in ("greedy", "beam", "sample"):
-        answer = client.post("/api/generate", json={"prompt": PROMPT, "method": method, "max_new_tokens": 5,
+        answer = client.post("/api/story", json={"prompt": PROMPT, "method": method, "max_new_tokens": 5,
                                                     "num_beams": 3})
         assert answer.status_code == 200, (method, answer.text)
         assert answer.json()["new_tokens"] <= 5
@@ -127,8 +118,8 @@ def test_same_seed_same_story_and_every_method_works(client):
 
 def test_stream_sends_text_pieces_then_a_summary(client):
     body = {"prompt": PROMPT, "method": "greedy", "max_new_tokens": 15}
-    whole = client.post("/api/generate", json=body).json()
-    answer = client.post("/api/generate", json={**body, "stream": True})
+    whole = client.post("/api/story", json=body).json()
+    answer = client.post("/api/story", json={**body, "stream": True})
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/event-stream")
     events = sse_events(answer.text)
@@ -144,7 +135,7 @@ def test_model_can_be_given_as_a_directory(tiny_model_dir):
     with TestClient(create_app(tiny_model_dir)) as c:
         assert c.get("/healthz").json()["model"] == "tiny-model"
         assert c.get("/v1/models").json()["data"][0]["id"] == "tiny-model"
-        assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+        assert c.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
 
 
 def test_page_info_health_and_schema(client):
@@ -158,7 +149,8 @@ def test_page_info_health_and_schema(client):
     assert info["safety"] is True and info["examples"] and info["limits"]["max_new_tokens"] >= 200
     assert client.get("/healthz").json()["status"] == "ok"
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/api/generate", "/v1/completions", "/v1/models", "/healthz"} <= set(paths)
+    assert {"/api/story", "/api/generate", "/api/chat", "/api/tags", "/v1/completions", "/v1/chat/completions",
+            "/v1/models", "/healthz"} <= set(paths)
 
 
 def test_head_requests_for_the_page_and_static_files(client):
@@ -171,7 +163,7 @@ def test_head_requests_for_the_page_and_static_files(client):
 def test_page_static_and_api_answers_carry_security_headers(client):
     for answer in (client.get("/"), client.head("/"), client.get("/static/app.js"), client.get("/static/style.css"),
                    client.get("/healthz"), client.get("/no/such/page"),
-                   client.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 2})):
+                   client.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 2})):
         headers = answer.headers
         assert headers["x-content-type-options"] == "nosniff", answer.url
         assert headers["x-frame-options"] == "DENY" and headers["referrer-policy"] == "no-referrer"
@@ -198,7 +190,7 @@ def test_ingredients_reach_the_engine_from_both_apis(client, tiny_loaded):
     asked = engine.GenerationConfig(method="greedy", max_new_tokens=8, words=("cat", "ball"), features=("Twist",))
     expected = engine.generate(tiny_loaded.model, tiny_loaded.tokenizer, "", asked)[0]
     body = {"prompt": "", "method": "greedy", "max_new_tokens": 8, "words": ["cat", "ball"], "features": ["twist"]}
-    story = client.post("/api/generate", json=body).json()
+    story = client.post("/api/story", json=body).json()
     assert story["prompt_tokens"] == expected.prompt_tokens > len(engine.story_head(tiny_loaded.tokenizer))
     if story["finish_reason"] != "content_filter":
         assert story["text"] == expected.text
@@ -210,7 +202,7 @@ def test_ingredients_reach_the_engine_from_both_apis(client, tiny_loaded):
 
 
 def test_unsuitable_words_are_refused_like_prompts(client):
-    answer = client.post("/api/generate", json={"prompt": "Tom went out.", "words": ["kill"]})
+    answer = client.post("/api/story", json={"prompt": "Tom went out.", "words": ["kill"]})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "words"
 
 
@@ -286,7 +278,7 @@ def test_eight_streaming_clients_at_once_all_complete(live, monkeypatch):
     def one_client(i):
         body = {"prompt": PROMPT, "max_new_tokens": 20, "seed": i, "stream": True}
         with httpx.Client(base_url=live.url, timeout=30) as http:
-            answer = http.post("/api/generate", json=body)
+            answer = http.post("/api/story", json=body)
             results[i] = (answer.status_code, sse_events(answer.text))
 
     threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
@@ -305,15 +297,15 @@ def test_full_server_answers_503_with_retry_after(tiny_loaded, monkeypatch):
     with BackgroundServer(create_app(tiny_loaded, max_concurrent=1, max_queue=0, batching=False)) as server, \
             httpx.Client(base_url=server.url, timeout=10) as http:
         body = {"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}
-        with http.stream("POST", "/api/generate", json=body) as first:
+        with http.stream("POST", "/api/story", json=body) as first:
             assert first.status_code == 200
-            busy = http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3})
+            busy = http.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 3})
             assert busy.status_code == 503
             assert int(busy.headers["Retry-After"]) > 0
             assert "busy" in busy.json()["error"]["message"]
         runner = server.app.state.runner
         assert wait_for(lambda: runner.running == 0 and progress["closed"] == 1)
-        assert http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+        assert http.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
 
 
 def test_disconnected_stream_stops_generation(live, monkeypatch):
@@ -321,7 +313,7 @@ def test_disconnected_stream_stops_generation(live, monkeypatch):
     history = live.app.state.runner.history
     before = len(history)
     with httpx.Client(base_url=live.url, timeout=10) as http:
-        with http.stream("POST", "/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}) as r:
+        with http.stream("POST", "/api/story", json={"prompt": PROMPT, "max_new_tokens": 1000, "stream": True}) as r:
             texts = 0
             for line in r.iter_lines():
                 texts += line == "event: text"
@@ -339,7 +331,7 @@ def test_disconnected_json_request_stops_generation(live, monkeypatch):
     history = live.app.state.runner.history
     before = len(history)
     with httpx.Client(base_url=live.url, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
-        http.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 1000})
+        http.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 1000})
     assert wait_for(lambda: len(history) > before)
     assert history[-1].finish_reason == "cancelled" and progress["pieces"] < 400
 
@@ -364,7 +356,7 @@ def test_disconnected_beam_search_frees_its_worker_within_a_second(live, monkeyp
     before = len(history)
     body = {"prompt": PROMPT, "method": "beam", "num_beams": 8, "max_new_tokens": 1024, "stream": stream}
     with httpx.Client(base_url=live.url, timeout=0.5) as http, pytest.raises(httpx.ReadTimeout):
-        http.post("/api/generate", json=body)
+        http.post("/api/story", json=body)
     gone = time.monotonic()
     assert steps  # the search had started
     assert wait_for(lambda: len(history) > before, timeout=5)
@@ -408,7 +400,7 @@ def test_gate_stops_at_a_stop_sequence_split_across_pieces():
 
 
 def test_unsuitable_prompt_is_refused_kindly(client):
-    answer = client.post("/api/generate", json={"prompt": "The pirate wanted to kill everyone"})
+    answer = client.post("/api/story", json={"prompt": "The pirate wanted to kill everyone"})
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["message"] == PROMPT_REFUSED and "kill" not in error["message"]
@@ -427,11 +419,11 @@ def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
 
     monkeypatch.setattr(engine, "stream_events", stream_events)
     with TestClient(create_app(tiny_loaded, batching=False)) as c:
-        story = c.post("/api/generate", json={"prompt": PROMPT}).json()
+        story = c.post("/api/story", json={"prompt": PROMPT}).json()
         assert story["text"] == "The cat met a " and story["finish_reason"] == "content_filter"
         assert story["message"] == STORY_STOPPED
         assert len(consumed) <= 5  # generation stopped there, not at the end
-        streamed = sse_events(c.post("/api/generate", json={"prompt": PROMPT, "stream": True}).text)
+        streamed = sse_events(c.post("/api/story", json={"prompt": PROMPT, "stream": True}).text)
         assert "mur" not in "".join(d["text"] for name, d in streamed if name == "text")
         assert streamed[-1][1]["finish_reason"] == "content_filter"
         completion = c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 50}).json()
@@ -440,13 +432,13 @@ def test_unsuitable_continuation_is_stopped(tiny_loaded, monkeypatch):
 
 def test_filter_can_be_turned_off_or_replaced(tiny_loaded, tmp_path):
     with TestClient(create_app(tiny_loaded, safety=False)) as c:
-        assert c.post("/api/generate", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
+        assert c.post("/api/story", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
         assert c.get("/api/info").json()["safety"] is False
     words = tmp_path / "words.txt"
     words.write_text("# only this\nbroccoli\n", encoding="utf-8")
     with TestClient(create_app(tiny_loaded, blocked_words=words)) as c:
-        assert c.post("/api/generate", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
-        assert c.post("/api/generate", json={"prompt": "Broccoli!", "max_new_tokens": 2}).status_code == 400
+        assert c.post("/api/story", json={"prompt": "kill", "max_new_tokens": 2}).status_code == 200
+        assert c.post("/api/story", json={"prompt": "Broccoli!", "max_new_tokens": 2}).status_code == 400
     with pytest.raises(FileNotFoundError, match="blocked-words file not found"):
         create_app(tiny_loaded, blocked_words=tmp_path / "missing.txt")
 
@@ -455,26 +447,26 @@ def test_filter_can_be_turned_off_or_replaced(tiny_loaded, tmp_path):
 
 BAD_REQUESTS = [
     # (path, body (dict or raw bytes), status, words the message must contain)
-    ("/api/generate", b'{"prompt": "Once', 422, ["not valid JSON"]),
-    ("/api/generate", b"[1, 2]", 422, ["JSON object"]),
-    ("/api/generate", b'{"temperature": NaN}', 422, ["temperature"]),
-    ("/api/generate", {"max_new_tokens": 5000}, 422, ["max_new_tokens", "1024", "5000"]),
-    ("/api/generate", {"max_new_tokens": "lots"}, 422, ["max_new_tokens", "integer"]),
-    ("/api/generate", {"temperature": 0}, 422, ["temperature", "0.01"]),
-    ("/api/generate", {"temperature": 5e-324}, 422, ["temperature", "0.01"]),
-    ("/api/generate", {"temperature": 9}, 422, ["temperature", "2"]),
-    ("/api/generate", {"top_p": 1.5}, 422, ["top_p"]),
-    ("/api/generate", {"top_p": 5e-324}, 422, ["top_p", "0.001"]),
-    ("/api/generate", {"top_k": -1}, 422, ["top_k"]),
-    ("/api/generate", {"method": "beam", "num_beams": 50}, 422, ["num_beams", "8"]),
-    ("/api/generate", {"method": "nucleus"}, 422, ["method", "sample"]),
-    ("/api/generate", {"prompt": "x" * 2001}, 422, ["prompt", "2000"]),
-    ("/api/generate", {"promt": "typo"}, 422, ["promt", "not permitted"]),
-    ("/api/generate", {"seed": -1}, 422, ["seed"]),
-    ("/api/generate", {"prompt": "   "}, 400, ["prompt is empty"]),
-    ("/api/generate", {"features": ["plot"]}, 400, ["unknown feature 'plot'", "Dialogue"]),
-    ("/api/generate", {"words": ["a", "b", "c", "d", "e", "f"]}, 422, ["words", "at most 5"]),
-    ("/api/generate", {"words": ["dog!"]}, 400, ["'dog!' is not a word"]),
+    ("/api/story", b'{"prompt": "Once', 422, ["not valid JSON"]),
+    ("/api/story", b"[1, 2]", 422, ["JSON object"]),
+    ("/api/story", b'{"temperature": NaN}', 422, ["temperature"]),
+    ("/api/story", {"max_new_tokens": 5000}, 422, ["max_new_tokens", "1024", "5000"]),
+    ("/api/story", {"max_new_tokens": "lots"}, 422, ["max_new_tokens", "integer"]),
+    ("/api/story", {"temperature": 0}, 422, ["temperature", "0.01"]),
+    ("/api/story", {"temperature": 5e-324}, 422, ["temperature", "0.01"]),
+    ("/api/story", {"temperature": 9}, 422, ["temperature", "2"]),
+    ("/api/story", {"top_p": 1.5}, 422, ["top_p"]),
+    ("/api/story", {"top_p": 5e-324}, 422, ["top_p", "0.001"]),
+    ("/api/story", {"top_k": -1}, 422, ["top_k"]),
+    ("/api/story", {"method": "beam", "num_beams": 50}, 422, ["num_beams", "8"]),
+    ("/api/story", {"method": "nucleus"}, 422, ["method", "sample"]),
+    ("/api/story", {"prompt": "x" * 2001}, 422, ["prompt", "2000"]),
+    ("/api/story", {"promt": "typo"}, 422, ["promt", "not permitted"]),
+    ("/api/story", {"seed": -1}, 422, ["seed"]),
+    ("/api/story", {"prompt": "   "}, 400, ["prompt is empty"]),
+    ("/api/story", {"features": ["plot"]}, 400, ["unknown feature 'plot'", "Dialogue"]),
+    ("/api/story", {"words": ["a", "b", "c", "d", "e", "f"]}, 422, ["words", "at most 5"]),
+    ("/api/story", {"words": ["dog!"]}, 400, ["'dog!' is not a word"]),
     ("/v1/completions", {"prompt": "a", "features": ["happyending", "sadending"]}, 400, ["both HappyEnding"]),
     ("/v1/completions", {"prompt": ["a", "b"]}, 422, ["exactly one prompt"]),
     ("/v1/completions", {"prompt": "a", "temperature": 1e-40}, 422, ["temperature must be 0 (greedy) or at least"]),
@@ -499,10 +491,10 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, path, body, stat
 
 
 LONE_SURROGATES = [
-    ("/api/generate", '{"prompt": "\\ud800"}', "prompt"),
-    ("/api/generate", '{"prompt": "Once \\udc00 upon"}', "prompt"),
-    ("/api/generate", '{"words": ["dog", "\\ud800"]}', "words"),
-    ("/api/generate", '{"features": ["\\ud800"]}', "features"),
+    ("/api/story", '{"prompt": "\\ud800"}', "prompt"),
+    ("/api/story", '{"prompt": "Once \\udc00 upon"}', "prompt"),
+    ("/api/story", '{"words": ["dog", "\\ud800"]}', "words"),
+    ("/api/story", '{"features": ["\\ud800"]}', "features"),
     ("/v1/completions", '{"prompt": "\\ud800"}', "prompt"),
     ("/v1/completions", '{"prompt": ["Once \\ud800"], "stream": true}', "prompt"),
     ("/v1/completions", '{"prompt": "Once", "stop": "\\ud800"}', "stop"),
@@ -526,7 +518,7 @@ def test_lone_surrogates_are_a_422_naming_the_field_in_both_apis(client, caplog,
 
 def test_oversized_bodies_are_refused(client):
     big = json.dumps({"prompt": "a" * 70_000}).encode()
-    assert client.post("/api/generate", content=big, headers={"content-type": "application/json"}).status_code == 413
+    assert client.post("/api/story", content=big, headers={"content-type": "application/json"}).status_code == 413
 
     def chunks():  # no Content-Length: counted while reading
         yield b'{"prompt": "'
@@ -534,13 +526,14 @@ def test_oversized_bodies_are_refused(client):
             yield b"a" * 1000
         yield b'"}'
 
-    answer = client.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+    answer = client.post("/api/story", content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413 and "limit" in answer.json()["error"]["message"]
 
 
 def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, monkeypatch):
-    """schemathesis draws valid and invalid bodies from the app's own schema; stories are capped at
-    4 tokens so that a hundred requests take seconds, the validation and the engine stay real."""
+    """schemathesis draws valid and invalid bodies for every POST route (the page's, ollama's and OpenAI's)
+    from the app's own schema; stories are capped at 4 tokens so that a hundred requests take seconds,
+    the validation and the engine stay real."""
     import dataclasses
 
     import schemathesis
@@ -553,7 +546,8 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(tiny_loaded, mo
         should_stop))
     app = create_app(tiny_loaded, max_concurrent=1, max_queue=64, batching=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    operations = [schema[path]["POST"] for path in ("/api/generate", "/v1/completions")]
+    operations = [schema[path]["POST"] for path in ("/api/story", "/api/generate", "/api/chat", "/v1/completions",
+                                                     "/v1/chat/completions")]
     cases = st.one_of([op.as_strategy(generation_mode=mode) for op in operations
                        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)])
     statuses = []
@@ -584,7 +578,7 @@ def test_serve_command_loads_the_model_and_runs_uvicorn(tiny_model_dir, monkeypa
     assert "http://127.0.0.1:8123" in result.output
     with TestClient(started["app"]) as c:
         assert c.get("/api/info").json()["safety"] is False
-        assert c.post("/api/generate", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
+        assert c.post("/api/story", json={"prompt": PROMPT, "max_new_tokens": 3}).status_code == 200
         assert c.get("/docs").status_code == 404
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--api-docs", "--device", "cpu"])
     assert result.exit_code == 0, result.output

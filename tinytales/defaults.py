@@ -1,8 +1,8 @@
 """The story defaults and the named decoding methods, in one place (no torch import: the command line reads
 them before loading a model).
 
-How `tinytales generate`, `/api/generate` and the page tell a story unless told otherwise: sampling with these
-settings, chosen by measurement against loops and endings (docs/experiments.md, "Story defaults").
+How `tinytales generate`, the page (`/api/story`) and ollama's `/api/generate` tell a story unless told otherwise:
+sampling with these settings, chosen by measurement against loops and endings (docs/experiments.md, "Story defaults").
 `--method greedy` stays plain greedy; beam search blocks repeated 3-grams. GenerationConfig's own defaults
 stay the neutral ones (temperature 1, no filters), as in other libraries.
 """

@@ -39,9 +39,10 @@ def serve(
 ):
     """Start the story web page and the HTTP API; the model is loaded once.
 
-    Open http://127.0.0.1:8000 for the page; the API (POST /api/generate, OpenAI-compatible
-    POST /v1/completions, GET /v1/models, GET /healthz) is described at /openapi.json, and with
-    --api-docs interactively at /docs.
+    Open http://127.0.0.1:8000 for the page; the API (the page's POST /api/story; ollama's
+    POST /api/generate, POST /api/chat, GET /api/tags; OpenAI's POST /v1/completions,
+    POST /v1/chat/completions, GET /v1/models; GET /healthz) is described at /openapi.json, and
+    with --api-docs interactively at /docs.
 
     Examples:
 

@@ -1,10 +1,11 @@
-"""Request bodies of the HTTP API, with a limit on every input.
+"""The limits of the HTTP API, the checks every protocol's request bodies share, and the page's own body.
 
-Pydantic checks types and ranges (a 422 naming the field and the allowed range); the generation
-engine's `GenerationConfig` then checks how the values combine (a 400 with its message). Every text
-field is checked to be text that UTF-8 can carry (`valid_text`: JSON may spell a lone surrogate,
-"\\ud800", which no tokenizer can encode), the same way in both APIs.
-The limits are part of the OpenAPI schema, so clients and fuzzers see them too.
+Pydantic checks types and ranges (a 422 naming the field and the allowed range; ollama's routes answer
+400); the generation engine's `GenerationConfig` then checks how the values combine (a 400 with its
+message). Every text field is checked to be text that UTF-8 can carry (`valid_text`: JSON may spell a
+lone surrogate, "\\ud800", which no tokenizer can encode), the same way in every protocol.
+The limits are part of the OpenAPI schema, so clients and fuzzers see them too. The bodies of the
+other protocols live with their routes (`ollama.py`, `openai.py`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ..defaults import API_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from ..defaults import API_MAX_PROMPT_CHARS as MAX_PROMPT_CHARS
 from ..defaults import API_MAX_TOP_K as MAX_TOP_K
 from ..defaults import STORY_DEFAULTS
+from ..generate import GenerationConfig
 from ..ingredients import FEATURES, MAX_WORD_CHARS, MAX_WORDS
+from .storyteller import request_config
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
@@ -35,8 +38,7 @@ EXAMPLE_PROMPTS = [
     "A tiny bunny found a big red ball.",
 ]
 
-TEXT_FIELDS_GENERATE = ("prompt", "words", "features")
-TEXT_FIELDS_COMPLETION = ("model", "prompt", "stop", "user", "suffix", "words", "features", "logit_bias")
+TEXT_FIELDS_STORY = ("prompt", "words", "features")
 
 
 def valid_text(value, field: str):
@@ -65,8 +67,8 @@ FEATURES_FIELD = Field([], max_length=len(FEATURES), description=f"Ingredients: 
                                                                  f"from {', '.join(FEATURES)}.")
 
 
-class GenerateRequest(BaseModel):
-    """`POST /api/generate`: one story. Unknown fields are an error, so typos do not go unnoticed."""
+class StoryRequest(BaseModel):
+    """`POST /api/story`, the page's protocol: one story. Unknown fields are an error, so typos do not go unnoticed."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
                               json_schema_extra={"examples": [{"prompt": "Once upon a time", "method": "sample",
@@ -101,84 +103,37 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same story (sampling).")
     stream: bool = Field(False, description="Answer with Server-Sent Events: `text` pieces, then `done`.")
 
-    @field_validator(*TEXT_FIELDS_GENERATE, mode="before")
+    @field_validator(*TEXT_FIELDS_STORY, mode="before")
     @classmethod
     def text_is_text(cls, value, info):
         return valid_text(value, info.field_name)
 
+    def config(self) -> GenerationConfig:
+        # greedy and beam search stay plain unless the request asks for a penalty (story_config's rule)
+        asked_penalty = self.method == "sample" or "repetition_penalty" in self.model_fields_set
+        settings = dict(method=self.method, max_new_tokens=self.max_new_tokens, seed=self.seed,
+                        repetition_penalty=self.repetition_penalty if asked_penalty else None,
+                        no_repeat_ngram_size=self.no_repeat_ngram_size, words=self.words, features=self.features)
+        if self.method == "sample":
+            settings.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p)
+        elif self.method == "beam":
+            settings.update(num_beams=self.num_beams, length_penalty=self.length_penalty)
+        return request_config(story_defaults=True, **settings)
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+
+def check_temperature(value: float | None) -> float | None:
+    """OpenAI's and ollama's temperature: 0 (greedy decoding) or a usable one."""
+    if value is not None and 0 < value < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}")
+    return value
 
 
-class CompletionRequest(BaseModel):
-    """`POST /v1/completions`, the OpenAI legacy completions API.
-
-    Unknown fields are ignored (OpenAI clients send extras); known but unsupported features
-    (logprobs, n > 1, penalties, logit_bias, suffix) are refused with a message.
-    `top_k`, `min_p` and `repetition_penalty` are accepted as extras, as vLLM does, and the ingredients
-    `words` and `features`.
-    """
-
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    model: str | None = Field(None, max_length=200, description="Model id from GET /v1/models.")
-    prompt: str | list[str] = Field("", description=f"One prompt (a string or a list of one string), "
-                                                    f"at most {MAX_PROMPT_CHARS} characters.")
-    max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate (OpenAI default 16).")
-    temperature: float | None = Field(1.0, ge=0.0, le=2.0,
-                                      description=f"0 (greedy decoding), or {MIN_TEMPERATURE} to 2.")
-    top_p: float | None = Field(1.0, ge=MIN_TOP_P, le=1.0)
-    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)
-    min_p: float | None = Field(None, ge=0.0, lt=1.0)
-    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0)
-    n: int | None = Field(1, ge=1, le=1, description="Only one completion per request.")
-    best_of: int | None = Field(None, ge=1, le=1)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None, description=f"Up to {MAX_STOP_SEQUENCES} sequences that end the text.")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=0, description="Not supported (only null or 0).")
-    presence_penalty: float | None = Field(0.0, ge=0.0, le=0.0, description="Not supported (only 0).")
-    frequency_penalty: float | None = Field(0.0, ge=0.0, le=0.0, description="Not supported (only 0).")
-    logit_bias: dict[str, float] | None = Field(None, max_length=0, description="Not supported (only empty).")
-    suffix: str | None = Field(None, max_length=0, description="Not supported (only empty).")
-    user: str | None = Field(None, max_length=200)
-    words: list[Word] = WORDS_FIELD  # TinyTales extras, like top_k
-    features: list[Feature] = FEATURES_FIELD
-
-    @field_validator(*TEXT_FIELDS_COMPLETION, mode="before")
-    @classmethod
-    def text_is_text(cls, value, info):
-        return valid_text(value, info.field_name)
-
-    @field_validator("prompt")
-    @classmethod
-    def one_prompt(cls, value):
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ValueError(f"give exactly one prompt (a string or a list of one string), got a list of "
-                                 f"{len(value)}; send one request per prompt")
-            value = value[0]
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
-        return value
-
-    @field_validator("temperature")
-    @classmethod
-    def greedy_or_sensible_temperature(cls, value):
-        if value is not None and 0 < value < MIN_TEMPERATURE:
-            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {value}")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def few_short_stops(cls, value):
-        stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stops)}")
-        for s in stops:
-            if not 1 <= len(s) <= MAX_STOP_CHARS:
-                raise ValueError(f"each stop sequence needs 1 to {MAX_STOP_CHARS} characters, got {s!r:.80}")
-        return stops
+def check_stops(value: str | list[str] | None) -> list[str]:
+    """Stop sequences as a list: at most MAX_STOP_SEQUENCES of 1 to MAX_STOP_CHARS characters each."""
+    stops = [value] if isinstance(value, str) else (value or [])
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stops)}")
+    for s in stops:
+        if not 1 <= len(s) <= MAX_STOP_CHARS:
+            raise ValueError(f"each stop sequence needs 1 to {MAX_STOP_CHARS} characters, got {s!r:.80}")
+    return stops

@@ -1,5 +1,5 @@
-// TinyTales page: asks POST /api/generate for a streamed story (Server-Sent Events over fetch,
-// since EventSource cannot POST) and shows it word by word. No libraries, no build step.
+// TinyTales page: asks POST /api/story (the page's own protocol) for a streamed story (Server-Sent
+// Events over fetch, since EventSource cannot POST) and shows it word by word. No libraries, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -145,7 +145,7 @@ async function tellStory() {
   startStory(body.prompt);
   let done = null;
   try {
-    const response = await fetch("/api/generate", {
+    const response = await fetch("/api/story", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
